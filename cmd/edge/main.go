@@ -1,0 +1,198 @@
+// Command flvcdn-edge serves live streams over HTTP-FLV to players, pulling each from
+// NATS on its first viewer. See README.md for the configuration.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/flvcdn/flvcdn/pkg/bus"
+	"github.com/flvcdn/flvcdn/pkg/conf"
+	"github.com/flvcdn/flvcdn/pkg/edge"
+	"github.com/flvcdn/flvcdn/pkg/health"
+	"github.com/flvcdn/flvcdn/pkg/httpflv"
+	"github.com/flvcdn/flvcdn/pkg/registry"
+	"github.com/flvcdn/flvcdn/pkg/web"
+)
+
+// Config is every setting of the edge; each flag is also FLVCDN_<NAME>.
+type Config struct {
+	NATS         bus.ConnOptions
+	RedisURL     string
+	Namespace    string
+	ID           string
+	HTTPAddr     string
+	LogFormat    string
+	LogLevel     string
+	CORSOrigin   string
+	DrainGrace   time.Duration
+	WriteTimeout time.Duration
+	Hub          edge.Config
+}
+
+func parse(args []string) (*Config, error) {
+	c := &Config{}
+	fs := flag.NewFlagSet("flvcdn-edge", flag.ContinueOnError)
+	fs.StringVar(&c.NATS.URL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
+	fs.StringVar(&c.NATS.CredsFile, "nats-creds", "", "NATS credentials file")
+	fs.StringVar(&c.NATS.User, "nats-user", "", "NATS user")
+	fs.StringVar(&c.NATS.Password, "nats-password", "", "NATS password")
+	fs.StringVar(&c.NATS.TLSCA, "nats-tls-ca", "", "CA file to verify the NATS server's TLS certificate")
+	fs.StringVar(&c.RedisURL, "redis-url", "", "registry: redis://[:password@]host:port/db or rediss:// for TLS; empty = JetStream KV on the NATS server (laptops)")
+	fs.StringVar(&c.Namespace, "registry-namespace", "flvcdn", "prefix of registry keys")
+	fs.StringVar(&c.ID, "id", conf.DefaultID(), "edge id (default: POD_NAME, else hostname)")
+	fs.StringVar(&c.HTTPAddr, "http-addr", ":8080", "playback, page, /healthz, /readyz and /metrics address")
+	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&c.CORSOrigin, "cors-origin", "*", "Access-Control-Allow-Origin for playback; empty disables CORS")
+	fs.DurationVar(&c.DrainGrace, "drain-grace", 10*time.Second, "on SIGTERM, how long viewers keep playing before they are closed")
+	fs.DurationVar(&c.WriteTimeout, "write-timeout", 10*time.Second, "drop a viewer whose socket accepts nothing for this long")
+	fs.DurationVar(&c.Hub.Linger, "linger", 10*time.Second, "keep pulling a stream this long after its last viewer left")
+	fs.DurationVar(&c.Hub.Grace, "grace", 10*time.Second, "keep viewers connected this long after the publisher left")
+	fs.DurationVar(&c.Hub.MergeWindow, "merge-window", 50*time.Millisecond, "release queued tags to each viewer at most once per window (CPU vs latency)")
+	fs.IntVar(&c.Hub.MaxLagBytes, "max-lag-bytes", 4<<20, "a viewer this far behind skips to the next keyframe")
+	fs.IntVar(&c.Hub.MaxSkips, "max-skips", 3, "drop a viewer after this many skips within 30s")
+	if err := conf.Parse(fs, args); err != nil {
+		return nil, err
+	}
+	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("--http-addr %q: %w", c.HTTPAddr, err)
+	}
+	if c.Hub.MergeWindow < time.Millisecond || c.Hub.MergeWindow > time.Second {
+		return nil, fmt.Errorf("--merge-window %s: must be between 1ms and 1s", c.Hub.MergeWindow)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"--linger", c.Hub.Linger}, {"--grace", c.Hub.Grace}, {"--write-timeout", c.WriteTimeout}} {
+		if d.v <= 0 {
+			return nil, fmt.Errorf("%s %s: must be positive", d.name, d.v)
+		}
+	}
+	if c.Hub.MaxLagBytes < 64<<10 {
+		return nil, fmt.Errorf("--max-lag-bytes %d: must be at least 65536", c.Hub.MaxLagBytes)
+	}
+	return c, nil
+}
+
+func main() {
+	c, err := parse(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "flvcdn-edge:", err)
+		os.Exit(2)
+	}
+	log, err := conf.Logger(c.LogFormat, c.LogLevel)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "flvcdn-edge:", err)
+		os.Exit(2)
+	}
+	if err := run(c, log); err != nil {
+		log.Error("edge stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(c *Config, log *slog.Logger) error {
+	sigs, stopSigs := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stopSigs()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	c.NATS.Name = "flvcdn-edge " + c.ID
+	nc, err := bus.Connect(c.NATS, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	store, err := registry.Open(ctx, c.RedisURL, nc, c.Namespace)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	hub := edge.NewHub(ctx, c.Hub, nc, store, log)
+	flv := &httpflv.Server{Hub: hub, Log: log, CORSOrigin: c.CORSOrigin, WriteTimeout: c.WriteTimeout}
+	page := web.Handler()
+	var draining atomic.Bool
+	mux := http.NewServeMux()
+	health.Register(mux, map[string]health.Check{
+		"nats":     func(context.Context) error { return natsUp(nc.IsConnected()) },
+		"registry": store.Ping,
+		"draining": func(context.Context) error {
+			if draining.Load() {
+				return errors.New("draining")
+			}
+			return nil
+		},
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, ".flv") {
+			flv.ServeHTTP(w, r)
+			return
+		}
+		page.ServeHTTP(w, r)
+	})
+	ln, err := net.Listen("tcp", c.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("--http-addr: %w", err)
+	}
+	hs := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		IdleTimeout:       time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	errc := make(chan error, 1)
+	go func() {
+		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("http: %w", err)
+		}
+		close(errc)
+	}()
+	log.Info("edge ready", "id", c.ID, "http", ln.Addr().String(), "registry", registryKind(c.RedisURL), "nats", nc.ConnectedUrlRedacted())
+
+	select {
+	case <-sigs.Done():
+		// Fail readiness so the Service stops routing here, stop accepting, then give
+		// viewers the grace period before closing them so players reconnect elsewhere.
+		draining.Store(true)
+		log.Info("draining", "grace", c.DrainGrace)
+		shutdown, done := context.WithTimeout(context.Background(), c.DrainGrace)
+		_ = hs.Shutdown(shutdown) // returns at once: hijacked viewers are not tracked
+		<-shutdown.Done()
+		done()
+	case err = <-errc:
+	}
+	cancel()
+	hub.Wait()
+	return err
+}
+
+func natsUp(ok bool) error {
+	if !ok {
+		return errors.New("not connected")
+	}
+	return nil
+}
+
+func registryKind(url string) string {
+	if url == "" {
+		return "nats-kv"
+	}
+	return "redis"
+}

@@ -1,0 +1,263 @@
+// Command flvcdn-origin accepts RTMP publishers and publishes their FLV tags on NATS,
+// claiming each stream in the registry. See README.md for the configuration.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/flvcdn/flvcdn/pkg/bus"
+	"github.com/flvcdn/flvcdn/pkg/conf"
+	"github.com/flvcdn/flvcdn/pkg/health"
+	"github.com/flvcdn/flvcdn/pkg/origin"
+	"github.com/flvcdn/flvcdn/pkg/registry"
+	"github.com/flvcdn/flvcdn/pkg/rtmp"
+	"github.com/flvcdn/flvcdn/pkg/stream"
+)
+
+// Config is every setting of the origin; each flag is also FLVCDN_<NAME>.
+type Config struct {
+	NATS          bus.ConnOptions
+	RedisURL      string
+	Namespace     string
+	ID            string
+	HTTPAddr      string
+	RTMPAddr      string
+	LogFormat     string
+	LogLevel      string
+	PublishSecret string
+	Sources       conf.Multi
+	EmbeddedNATS  string
+	TTL           time.Duration
+	MaxPublishers int
+	DrainGrace    time.Duration
+	ReadTimeout   time.Duration
+	Handshake     time.Duration
+	Janitor       bool
+	Kubeconfig    string
+}
+
+func parse(args []string) (*Config, error) {
+	c := &Config{}
+	fs := flag.NewFlagSet("flvcdn-origin", flag.ContinueOnError)
+	fs.StringVar(&c.NATS.URL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
+	fs.StringVar(&c.NATS.CredsFile, "nats-creds", "", "NATS credentials file")
+	fs.StringVar(&c.NATS.User, "nats-user", "", "NATS user")
+	fs.StringVar(&c.NATS.Password, "nats-password", "", "NATS password")
+	fs.StringVar(&c.NATS.TLSCA, "nats-tls-ca", "", "CA file to verify the NATS server's TLS certificate")
+	fs.StringVar(&c.RedisURL, "redis-url", "", "registry: redis://[:password@]host:port/db or rediss:// for TLS; empty = JetStream KV on the NATS server (laptops)")
+	fs.StringVar(&c.Namespace, "registry-namespace", "flvcdn", "prefix of registry keys")
+	fs.StringVar(&c.ID, "id", conf.DefaultID(), "origin id (default: POD_NAME, else hostname)")
+	fs.StringVar(&c.HTTPAddr, "http-addr", ":8081", "address of /healthz, /readyz and /metrics")
+	fs.StringVar(&c.RTMPAddr, "rtmp-addr", ":1935", "RTMP listen address")
+	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&c.PublishSecret, "publish-secret", "", "when set, publishers need ?key=hex(HMAC-SHA256(secret, \"app/stream\"))")
+	fs.Var(&c.Sources, "source", "loop a recorded file as a live stream: app/stream=file.flv (repeatable)")
+	fs.StringVar(&c.EmbeddedNATS, "embedded-nats", "", "start an in-process NATS server (with JetStream) on this address and use it")
+	fs.DurationVar(&c.TTL, "ttl", 3*time.Second, "TTL of stream claims and of this origin's liveness record; bounds failover without Kubernetes")
+	fs.IntVar(&c.MaxPublishers, "max-publishers", 0, "most concurrent publishers (0 = unlimited)")
+	fs.DurationVar(&c.DrainGrace, "drain-grace", 25*time.Second, "on SIGTERM, how long current publishers may keep streaming")
+	fs.DurationVar(&c.ReadTimeout, "rtmp-read-timeout", 15*time.Second, "close an RTMP connection silent for this long")
+	fs.DurationVar(&c.Handshake, "rtmp-handshake-timeout", 10*time.Second, "time allowed from connect to publish")
+	fs.BoolVar(&c.Janitor, "janitor", false, "run the Lease-elected Kubernetes janitor (in-cluster)")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig for the janitor outside a cluster")
+	if err := conf.Parse(fs, args); err != nil {
+		return nil, err
+	}
+	switch {
+	case c.TTL < 300*time.Millisecond:
+		return nil, fmt.Errorf("--ttl %s: must be at least 300ms", c.TTL)
+	case c.ID == "":
+		return nil, errors.New("--id: must not be empty")
+	case len(c.ID) > 255:
+		return nil, errors.New("--id: at most 255 bytes")
+	case c.MaxPublishers < 0:
+		return nil, errors.New("--max-publishers: must not be negative")
+	}
+	for _, a := range []struct{ name, v string }{{"--http-addr", c.HTTPAddr}, {"--rtmp-addr", c.RTMPAddr}} {
+		if _, _, err := net.SplitHostPort(a.v); err != nil {
+			return nil, fmt.Errorf("%s %q: %w", a.name, a.v, err)
+		}
+	}
+	return c, nil
+}
+
+func main() {
+	c, err := parse(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "flvcdn-origin:", err)
+		os.Exit(2)
+	}
+	log, err := conf.Logger(c.LogFormat, c.LogLevel)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "flvcdn-origin:", err)
+		os.Exit(2)
+	}
+	if err := run(c, log); err != nil {
+		log.Error("origin stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(c *Config, log *slog.Logger) error {
+	sigs, stopSigs := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stopSigs()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	if c.EmbeddedNATS != "" {
+		dir, err := os.MkdirTemp("", "flvcdn-nats-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		srv, err := bus.StartEmbedded(c.EmbeddedNATS, dir)
+		if err != nil {
+			return err
+		}
+		defer srv.Shutdown()
+		c.NATS.URL = srv.URL()
+		log.Info("embedded NATS server started", "url", c.NATS.URL)
+	}
+	c.NATS.Name = "flvcdn-origin " + c.ID
+	nc, err := bus.Connect(c.NATS, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	store, err := registry.Open(ctx, c.RedisURL, nc, c.Namespace)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	if c.PublishSecret == "" {
+		log.Warn("publishing is open to anyone: set --publish-secret to require keys")
+	}
+
+	o, err := origin.New(origin.Config{ID: c.ID, Addr: c.RTMPAddr, TTL: c.TTL, PublishSecret: c.PublishSecret, MaxPublishers: c.MaxPublishers}, nc, store, log)
+	if err != nil {
+		return err
+	}
+	var sources []*origin.FileSource
+	for _, v := range c.Sources {
+		src, err := origin.ParseSource(v)
+		if err != nil {
+			return fmt.Errorf("--source: %w", err)
+		}
+		sources = append(sources, src)
+	}
+
+	rtmpLn, err := net.Listen("tcp", c.RTMPAddr)
+	if err != nil {
+		return fmt.Errorf("--rtmp-addr: %w", err)
+	}
+	httpLn, err := net.Listen("tcp", c.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("--http-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	health.Register(mux, map[string]health.Check{
+		"nats":     func(context.Context) error { return natsUp(nc.IsConnected()) },
+		"registry": store.Ping,
+		"draining": func(context.Context) error {
+			if o.Draining() {
+				return errors.New("draining")
+			}
+			return nil
+		},
+	})
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	goRun := func(f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil {
+				errc <- err
+			}
+		}()
+	}
+	goRun(func() error { return o.Run(ctx) })
+	srv := &rtmp.Server{Ingest: ingest{o}, Log: log, ReadTimeout: c.ReadTimeout, HandshakeTimeout: c.Handshake}
+	goRun(func() error { return srv.Serve(ctx, rtmpLn) })
+	goRun(func() error {
+		if err := hs.Serve(httpLn); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http: %w", err)
+		}
+		return nil
+	})
+	for _, src := range sources {
+		goRun(func() error { return src.Run(ctx, o) })
+	}
+	if c.Janitor || c.Kubeconfig != "" {
+		goRun(func() error { return runJanitor(ctx, c, store, log) })
+	}
+	log.Info("origin ready", "id", c.ID, "rtmp", rtmpLn.Addr().String(), "http", httpLn.Addr().String(),
+		"registry", registryKind(c.RedisURL), "nats", nc.ConnectedUrlRedacted())
+	for _, src := range sources {
+		log.Info("looping file as live stream", "stream", src.Name, "file", src.Path)
+	}
+
+	select {
+	case <-sigs.Done():
+		log.Info("draining: refusing new publishes", "grace", c.DrainGrace)
+		o.Drain(ctx)
+		waitPublishers(o, c.DrainGrace, sources)
+	case err = <-errc:
+	}
+	cancel()
+	shutdown, done := context.WithTimeout(context.Background(), 5*time.Second)
+	defer done()
+	_ = hs.Shutdown(shutdown)
+	wg.Wait()
+	return err
+}
+
+// waitPublishers returns when only file sources remain or the grace period ends.
+func waitPublishers(o *origin.Origin, grace time.Duration, sources []*origin.FileSource) {
+	deadline := time.Now().Add(grace)
+	for o.Streams() > len(sources) && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond) // a poll with a deadline, not a guess
+	}
+}
+
+func natsUp(ok bool) error {
+	if !ok {
+		return errors.New("not connected")
+	}
+	return nil
+}
+
+func registryKind(url string) string {
+	if url == "" {
+		return "nats-kv"
+	}
+	return "redis"
+}
+
+// ingest adapts *origin.Origin to rtmp.Ingest.
+type ingest struct{ o *origin.Origin }
+
+func (i ingest) Publish(ctx context.Context, name stream.Name, key string) (rtmp.Publication, error) {
+	s, err := i.o.Publish(ctx, name, key)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}

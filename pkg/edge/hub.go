@@ -1,0 +1,192 @@
+// Package edge owns the edge's live streams: one actor per stream that pulls it from
+// NATS on its first viewer (the join protocol), keeps a ring of shared tags and the
+// join point for new viewers, rewrites timestamps once per stream, and stops a linger
+// period after its last viewer leaves. Viewers read the ring through their own cursor.
+//
+// Tags arrive as NATS message bytes and are never copied here: the same slices are
+// written to every viewer. This package never writes to a socket; package httpflv does.
+package edge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/flvcdn/flvcdn/pkg/registry"
+	"github.com/flvcdn/flvcdn/pkg/stream"
+)
+
+// Registry is the part of the registry an edge uses.
+type Registry interface {
+	LookupStream(ctx context.Context, stream string) (registry.Owner, error)
+}
+
+// Errors returned by Watch.
+var (
+	// ErrNotFound: no origin has the stream.
+	ErrNotFound = errors.New("stream not found")
+	// ErrJoinTimeout: the owner did not answer in time.
+	ErrJoinTimeout = errors.New("stream did not start in time")
+	// ErrShuttingDown: the edge is draining.
+	ErrShuttingDown = errors.New("edge is shutting down")
+)
+
+// Config tunes a Hub. Zero values take the documented defaults.
+type Config struct {
+	// Linger keeps pulling a stream this long after its last viewer left. Default 10s.
+	Linger time.Duration
+	// Grace keeps viewers connected this long after the publisher left, so a
+	// reconnecting publisher resumes without dropping them. Default 10s.
+	Grace time.Duration
+	// Stall treats a stream as ended when no message arrived for this long. Default 5s.
+	Stall time.Duration
+	// JoinTimeout bounds how long a first viewer waits for the stream. Default 5s.
+	JoinTimeout time.Duration
+	// SnapshotTimeout bounds one snapshot request. Default 2s.
+	SnapshotTimeout time.Duration
+	// MergeWindow is how often queued tags are released to viewers: each viewer
+	// writes at most once per window, everything queued in one writev. Larger saves
+	// CPU, smaller lowers latency. Default 50ms.
+	MergeWindow time.Duration
+	// RingSize is the number of tags kept per stream (rounded up to a power of 2). Default 4096.
+	RingSize int
+	// MaxLagBytes is how far behind a viewer may fall before it skips to the next keyframe. Default 4 MiB.
+	MaxLagBytes int
+	// MaxSkips drops a viewer that had to skip this many times within SkipWindow. Default 3.
+	MaxSkips int
+	// SkipWindow: see MaxSkips. Default 30s.
+	SkipWindow time.Duration
+}
+
+func (c *Config) defaults() {
+	set := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	set(&c.Linger, 10*time.Second)
+	set(&c.Grace, 10*time.Second)
+	set(&c.Stall, 5*time.Second)
+	set(&c.JoinTimeout, 5*time.Second)
+	set(&c.SnapshotTimeout, 2*time.Second)
+	set(&c.MergeWindow, 50*time.Millisecond)
+	set(&c.SkipWindow, 30*time.Second)
+	if c.RingSize <= 0 {
+		c.RingSize = 4096
+	}
+	if c.MaxLagBytes <= 0 {
+		c.MaxLagBytes = 4 << 20
+	}
+	if c.MaxSkips <= 0 {
+		c.MaxSkips = 3
+	}
+}
+
+// Hub holds the streams this edge is pulling.
+type Hub struct {
+	cfg Config
+	nc  *nats.Conn
+	reg Registry
+	log *slog.Logger
+	ctx context.Context
+
+	mu      sync.Mutex
+	streams map[stream.Name]*Stream
+	wg      sync.WaitGroup
+}
+
+// NewHub returns a Hub whose stream actors live until ctx ends.
+func NewHub(ctx context.Context, cfg Config, nc *nats.Conn, reg Registry, log *slog.Logger) *Hub {
+	cfg.defaults()
+	return &Hub{cfg: cfg, nc: nc, reg: reg, log: log, ctx: ctx, streams: map[stream.Name]*Stream{}}
+}
+
+// Watch returns a viewer of name, pulling the stream if this is its first viewer.
+// It returns ErrNotFound at once for a stream no origin has.
+func (h *Hub) Watch(ctx context.Context, name stream.Name) (*Viewer, error) {
+	if h.ctx.Err() != nil {
+		return nil, ErrShuttingDown
+	}
+	for attempt := 0; attempt < 3; attempt++ {
+		s, err := h.stream(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		v, err := s.addViewer(ctx)
+		if errors.Is(err, errStreamGone) {
+			continue // raced with the actor stopping; start a new one
+		}
+		return v, err
+	}
+	return nil, fmt.Errorf("%s: %w", name, ErrJoinTimeout)
+}
+
+// stream returns the running actor for name, starting one after checking the registry.
+func (h *Hub) stream(ctx context.Context, name stream.Name) (*Stream, error) {
+	h.mu.Lock()
+	s := h.streams[name]
+	h.mu.Unlock()
+	if s != nil {
+		return s, nil
+	}
+	if _, err := h.reg.LookupStream(ctx, string(name)); err != nil {
+		if errors.Is(err, registry.ErrNotFound) {
+			return nil, ErrNotFound
+		}
+		return nil, fmt.Errorf("lookup %s: %w", name, err)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s := h.streams[name]; s != nil {
+		return s, nil
+	}
+	s, err := newStream(h, name)
+	if err != nil {
+		return nil, err
+	}
+	h.streams[name] = s
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		s.run(h.ctx)
+	}()
+	return s, nil
+}
+
+func (h *Hub) remove(s *Stream) {
+	h.mu.Lock()
+	if h.streams[s.name] == s {
+		delete(h.streams, s.name)
+	}
+	h.mu.Unlock()
+}
+
+// Streams returns how many streams are being pulled.
+func (h *Hub) Streams() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.streams)
+}
+
+// Wait blocks until every stream actor has stopped (after the hub's context ends).
+func (h *Hub) Wait() { h.wg.Wait() }
+
+// Exists reports whether some origin has the stream, without pulling it.
+func (h *Hub) Exists(ctx context.Context, name stream.Name) (bool, error) {
+	h.mu.Lock()
+	s := h.streams[name]
+	h.mu.Unlock()
+	if s != nil {
+		return true, nil
+	}
+	_, err := h.reg.LookupStream(ctx, string(name))
+	if errors.Is(err, registry.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}

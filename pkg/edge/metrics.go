@@ -1,0 +1,22 @@
+package edge
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+var (
+	viewersGauge = promauto.NewGauge(prometheus.GaugeOpts{
+		Name: "flvcdn_edge_viewers", Help: "Viewers connected to this edge."})
+	streamsGauge = promauto.NewGauge(prometheus.GaugeOpts{
+		Name: "flvcdn_edge_streams", Help: "Streams this edge is pulling."})
+	joinsTotal = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "flvcdn_edge_joins_total", Help: "Snapshots applied (first joins and resyncs)."})
+	viewerSkips = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "flvcdn_edge_viewer_skips_total", Help: "Times a lagging viewer skipped to a keyframe."})
+	viewerDrops = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "flvcdn_edge_viewer_drops_total", Help: "Viewers disconnected by the edge, by reason."}, []string{"reason"})
+)
+
+// CountDrop records a viewer the server disconnected for reason (e.g. "write-timeout").
+func CountDrop(reason string) { viewerDrops.WithLabelValues(reason).Inc() }

@@ -1,0 +1,143 @@
+package edge
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// ErrTooSlow: the viewer kept falling behind and was dropped.
+var ErrTooSlow = errors.New("viewer too slow: dropped")
+
+// maxPerWrite bounds one writev (the kernel takes at most 1024 iovecs anyway).
+const maxPerWrite = 1000
+
+// Viewer is one reader of a stream. Its methods are called from one goroutine (the
+// viewer's writer); it reads the stream's ring through its own cursor, without locks.
+type Viewer struct {
+	s       *Stream
+	cursor  uint64
+	started bool     // cursor is at a start point (keyframe) or past it
+	pre     [][]byte // FLV header and join tags, sent first
+	lastCh  *chan struct{}
+	skips   []time.Time
+	once    sync.Once
+}
+
+func newViewer(s *Stream, jp *joinPoint) *Viewer {
+	v := &Viewer{s: s, cursor: s.ring.head.Load()}
+	if jp != nil {
+		v.pre = append(v.pre, jp.header)
+		for _, t := range jp.tags {
+			v.pre = append(v.pre, t)
+		}
+		if jp.ok {
+			v.cursor = jp.start
+		}
+	}
+	return v
+}
+
+// Next appends to bufs the tags due to this viewer. It returns at once with the
+// join tags on the first call, then at most once per merge window with everything
+// queued since. io.EOF means the stream ended and everything was delivered.
+func (v *Viewer) Next(ctx context.Context, bufs net.Buffers) (net.Buffers, error) {
+	for {
+		ch := v.s.notify.Load()
+		if ch != v.lastCh {
+			v.lastCh = ch
+			var err error
+			if bufs, err = v.collect(bufs); err != nil || len(bufs) > 0 {
+				return bufs, err
+			}
+			if v.s.ended.Load() {
+				return bufs, io.EOF
+			}
+		}
+		select {
+		case <-*ch:
+		case <-ctx.Done():
+			return bufs, ctx.Err()
+		}
+	}
+}
+
+func (v *Viewer) collect(bufs net.Buffers) (net.Buffers, error) {
+	if v.pre != nil {
+		bufs = append(bufs, v.pre...)
+		v.pre = nil
+	}
+	r := v.s.ring
+	head := r.head.Load()
+	if head == 0 || v.cursor >= head {
+		return bufs, nil
+	}
+	// A start that the ring already overwrote (audio-only backlog) moves forward.
+	if oldest := head - min(head, uint64(len(r.slots))/2); v.cursor < oldest {
+		if v.started {
+			if err := v.skip(head); err != nil {
+				return bufs, err
+			}
+		} else {
+			v.cursor = oldest
+		}
+	}
+	if !v.started {
+		for ; v.cursor < head; v.cursor++ {
+			if e := r.at(v.cursor); e != nil && e.key {
+				v.started = true
+				break
+			}
+		}
+		if !v.started {
+			return bufs, nil
+		}
+	}
+	first, last := r.at(v.cursor), r.at(head-1)
+	if first == nil || (last != nil && last.cum-first.cum > uint64(v.s.hub.cfg.MaxLagBytes)) {
+		if err := v.skip(head); err != nil {
+			return bufs, err
+		}
+	}
+	for n := 0; v.cursor < head && n < maxPerWrite; n++ {
+		e := r.at(v.cursor)
+		if e == nil {
+			break // overwritten while we read: the next call skips
+		}
+		bufs = append(bufs, e.tag)
+		v.cursor++
+	}
+	return bufs, nil
+}
+
+// skip moves a lagging viewer to the newest keyframe (never into a GOP's middle),
+// and reports ErrTooSlow when it had to skip too often.
+func (v *Viewer) skip(head uint64) error {
+	now := time.Now()
+	cfg := v.s.hub.cfg
+	kept := v.skips[:0]
+	for _, t := range v.skips {
+		if now.Sub(t) < cfg.SkipWindow {
+			kept = append(kept, t)
+		}
+	}
+	v.skips = append(kept, now)
+	viewerSkips.Inc()
+	if len(v.skips) > cfg.MaxSkips {
+		viewerDrops.WithLabelValues("slow").Inc()
+		return ErrTooSlow
+	}
+	if k := v.s.lastKey.Load(); k > 0 && k-1 > v.cursor {
+		v.cursor = k - 1
+		return nil
+	}
+	// No newer keyframe yet: wait for the next one.
+	v.cursor, v.started = head, false
+	return nil
+}
+
+// Close releases the viewer. It is safe to call more than once.
+func (v *Viewer) Close() { v.once.Do(v.s.viewerLeft) }

@@ -1,0 +1,248 @@
+// Package httpflv serves live streams as HTTP-FLV: a never-ending response made of
+// the FLV header and then tags. On HTTP/1.1 it takes over the connection and writes
+// each viewer's queued tags as one chunk in one writev. This is the one place where
+// viewer bytes are written; it never parses or copies tags.
+package httpflv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/flvcdn/flvcdn/pkg/edge"
+	"github.com/flvcdn/flvcdn/pkg/stream"
+)
+
+// Hub is what the server needs from the edge.
+type Hub interface {
+	Watch(ctx context.Context, name stream.Name) (*edge.Viewer, error)
+	Exists(ctx context.Context, name stream.Name) (bool, error)
+}
+
+// Server serves GET/HEAD/OPTIONS /{app}/{stream}.flv.
+type Server struct {
+	Hub Hub
+	Log *slog.Logger
+	// CORSOrigin is sent as Access-Control-Allow-Origin; empty disables CORS.
+	CORSOrigin string
+	// WriteTimeout bounds every write to a viewer. Default 10s.
+	WriteTimeout time.Duration
+}
+
+var bytesOut = promauto.NewCounter(prometheus.CounterOpts{
+	Name: "flvcdn_edge_bytes_out_total", Help: "FLV bytes written to viewers."})
+
+// ParsePath turns "/app/stream.flv" into a stream name.
+func ParsePath(p string) (stream.Name, error) {
+	rest, ok := strings.CutSuffix(strings.TrimPrefix(p, "/"), ".flv")
+	if !ok {
+		return "", fmt.Errorf("path %q: want /app/stream.flv", clip(p))
+	}
+	return stream.ParseName(rest)
+}
+
+func clip(s string) string {
+	if len(s) > 100 {
+		return s[:100] + "..."
+	}
+	return s
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	if s.CORSOrigin != "" {
+		h.Set("Access-Control-Allow-Origin", s.CORSOrigin)
+		h.Set("Access-Control-Expose-Headers", "Content-Type")
+	}
+	switch r.Method {
+	case http.MethodOptions:
+		if s.CORSOrigin != "" {
+			h.Set("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+			h.Set("Access-Control-Allow-Headers", "Range, Icy-MetaData, Content-Type")
+			h.Set("Access-Control-Max-Age", "86400")
+		}
+		h.Set("Allow", "GET, HEAD, OPTIONS")
+		w.WriteHeader(http.StatusNoContent)
+		return
+	case http.MethodGet, http.MethodHead:
+	default:
+		h.Set("Allow", "GET, HEAD, OPTIONS")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	name, err := ParsePath(r.URL.Path)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if r.Method == http.MethodHead {
+		ok, err := s.Hub.Exists(r.Context(), name)
+		switch {
+		case err != nil:
+			http.Error(w, "registry unavailable", http.StatusServiceUnavailable)
+		case !ok:
+			http.Error(w, "stream not found: "+string(name), http.StatusNotFound)
+		default:
+			setFLVHeaders(h)
+			w.WriteHeader(http.StatusOK)
+		}
+		return
+	}
+	// Range: bytes=0- and Icy-MetaData: 1 (sent by ffmpeg) are tolerated: a live
+	// stream has no ranges, so they get the plain 200 stream.
+	v, err := s.Hub.Watch(r.Context(), name)
+	if err != nil {
+		s.refuse(w, name, err)
+		return
+	}
+	defer v.Close()
+	setFLVHeaders(h)
+	if r.ProtoAtLeast(1, 1) && r.ProtoMajor == 1 {
+		if hj, ok := w.(http.Hijacker); ok {
+			s.serveHijacked(r.Context(), h.Clone(), hj, v, name)
+			return
+		}
+	}
+	s.serveFlushed(r, w, v, name)
+}
+
+func setFLVHeaders(h http.Header) {
+	h.Set("Content-Type", "video/x-flv")
+	h.Set("Cache-Control", "no-cache, no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+}
+
+func (s *Server) refuse(w http.ResponseWriter, name stream.Name, err error) {
+	switch {
+	case errors.Is(err, edge.ErrNotFound):
+		http.Error(w, "stream not found: "+string(name), http.StatusNotFound)
+	case errors.Is(err, edge.ErrJoinTimeout):
+		http.Error(w, "stream did not start in time: "+string(name), http.StatusGatewayTimeout)
+	case errors.Is(err, edge.ErrShuttingDown):
+		http.Error(w, "edge is shutting down", http.StatusServiceUnavailable)
+	case errors.Is(err, context.Canceled):
+	default:
+		s.Log.Warn("viewer refused", "stream", name, "err", err)
+		http.Error(w, "stream unavailable", http.StatusServiceUnavailable)
+	}
+}
+
+// serveHijacked writes the response itself so that a viewer's queued tags leave in
+// one writev: chunk size line, the shared tag slices, CRLF.
+func (s *Server) serveHijacked(ctx context.Context, hdr http.Header, hj http.Hijacker, v *edge.Viewer, name stream.Name) {
+	// The buffered reader and writer are not used: the request has no body and
+	// responses go out with writev. Dropping them frees 8 KB per viewer.
+	conn, _, err := hj.Hijack()
+	if err != nil {
+		s.Log.Warn("hijack failed", "err", err)
+		return
+	}
+	defer conn.Close()
+	var head strings.Builder
+	head.WriteString("HTTP/1.1 200 OK\r\n")
+	hdr.Set("Transfer-Encoding", "chunked")
+	hdr.Set("Connection", "close")
+	_ = hdr.Write(&head)
+	head.WriteString("\r\n")
+	if err := s.write(conn, net.Buffers{[]byte(head.String())}); err != nil {
+		return
+	}
+	backing := make(net.Buffers, 0, 64)
+	var size [20]byte
+	crlf := []byte("\r\n")
+	for {
+		bufs, err := v.Next(ctx, backing[:1])
+		if len(bufs) > 1 {
+			n := 0
+			for _, b := range bufs[1:] {
+				n += len(b)
+			}
+			line := strconv.AppendInt(size[:0], int64(n), 16)
+			line = append(line, '\r', '\n')
+			bufs[0] = line
+			bufs = append(bufs, crlf)
+			if cap(bufs) > cap(backing) {
+				backing = bufs[:0]
+			}
+			if werr := s.write(conn, bufs); werr != nil {
+				s.dropped(name, werr)
+				return
+			}
+			bytesOut.Add(float64(n))
+		}
+		if err != nil {
+			s.finish(conn, name, err)
+			return
+		}
+	}
+}
+
+func (s *Server) write(conn net.Conn, bufs net.Buffers) error {
+	_ = conn.SetWriteDeadline(time.Now().Add(s.writeTimeout()))
+	_, err := bufs.WriteTo(conn)
+	return err
+}
+
+func (s *Server) writeTimeout() time.Duration {
+	if s.WriteTimeout <= 0 {
+		return 10 * time.Second
+	}
+	return s.WriteTimeout
+}
+
+func (s *Server) dropped(name stream.Name, err error) {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		edge.CountDrop("write-timeout")
+		s.Log.Info("viewer dropped: write timeout", "stream", name)
+		return
+	}
+	s.Log.Debug("viewer left", "stream", name, "err", err)
+}
+
+// finish ends the response: a clean terminating chunk when the stream ended.
+func (s *Server) finish(conn net.Conn, name stream.Name, err error) {
+	if errors.Is(err, io.EOF) {
+		_ = s.write(conn, net.Buffers{[]byte("0\r\n\r\n")})
+		return
+	}
+	if errors.Is(err, edge.ErrTooSlow) {
+		s.Log.Info("viewer dropped: too slow", "stream", name)
+	}
+}
+
+// serveFlushed is the fallback for HTTP/1.0 and HTTP/2: the ResponseWriter frames it.
+func (s *Server) serveFlushed(r *http.Request, w http.ResponseWriter, v *edge.Viewer, name stream.Name) {
+	rc := http.NewResponseController(w)
+	w.WriteHeader(http.StatusOK)
+	ctx := r.Context()
+	var bufs net.Buffers
+	for {
+		var err error
+		bufs, err = v.Next(ctx, bufs[:0])
+		_ = rc.SetWriteDeadline(time.Now().Add(s.writeTimeout()))
+		for _, b := range bufs {
+			if _, werr := w.Write(b); werr != nil {
+				s.dropped(name, werr)
+				return
+			}
+			bytesOut.Add(float64(len(b)))
+		}
+		if ferr := rc.Flush(); ferr != nil {
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
