@@ -23,12 +23,16 @@ type snapshot struct {
 // of I/O so it can be tested exhaustively. The stream actor feeds it live messages
 // and snapshots; it says what to deliver and when to ask for a fresh snapshot.
 type joiner struct {
-	session bus.Session // session being followed
-	synced  bool        // a snapshot of session was applied and no gap seen since
-	ended   bool        // session announced its end
-	last    uint64      // last sequence delivered (or covered) for session
-	pending []seqMsg    // live messages buffered while waiting for a snapshot
-	asm     bus.Assembler
+	session bus.Session // session being followed (or joined)
+	// shown is the session whose tags viewers have; it differs from session
+	// while a new one is being joined.
+	shown    bus.Session
+	anyShown bool
+	synced   bool     // a snapshot of session was applied and no gap seen since
+	ended    bool     // session announced its end
+	last     uint64   // last sequence delivered (or covered) for session
+	pending  []seqMsg // live messages buffered while waiting for a snapshot
+	asm      bus.Assembler
 	// maxPending bounds the buffer; past it the oldest are dropped (a fresh snapshot covers them).
 	maxPending int
 }
@@ -139,8 +143,9 @@ type snapResult struct {
 // one being joined is still taken: the owner answers for what is live now.
 func (j *joiner) onSnapshot(s snapshot) snapResult {
 	var r snapResult
-	prevSession, prevLast, hadSession := j.session, j.last, j.last > 0 || j.synced
-	r.newSession = !hadSession || s.session != prevSession
+	prevLast := j.last
+	r.newSession = !j.anyShown || s.session != j.shown
+	j.shown, j.anyShown = s.session, true
 	var gop []seqTag
 	for _, t := range s.tags {
 		switch flv.Classify(t.tag.Type(), t.tag.Body()) {
@@ -166,7 +171,11 @@ func (j *joiner) onSnapshot(s snapshot) snapResult {
 		r.headers = nil
 		r.gop, r.fromKeyframe = gop, true
 	}
-	j.session, j.last, j.synced, j.ended = s.session, s.last, true, false
+	j.session, j.synced, j.ended = s.session, true, false
+	j.last = s.last
+	if !r.newSession && prevLast > s.last {
+		j.last = prevLast // a stale snapshot must not make viewers see a tag twice
+	}
 	j.asm.Reset()
 	pending := j.pending
 	j.pending = nil

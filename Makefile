@@ -1,0 +1,76 @@
+# flvcdn — see README.md. Every target works on a fresh machine with only Go;
+# `make test` installs the external tools the tests need (Debian packages, as root).
+SHELL := /bin/bash
+GO ?= go
+BIN ?= bin
+FUZZTIME ?= 30s
+TEST_TIMEOUT ?= 30m
+
+# Ports for `make run` (override: make run EDGE_ADDR=:9090).
+RTMP_ADDR ?= :1935
+EDGE_ADDR ?= :8080
+ORIGIN_HTTP ?= 127.0.0.1:8081
+NATS_ADDR ?= 127.0.0.1:4222
+
+.PHONY: all build run test test-tools test-unit test-e2e test-k8s fuzz bench vet fmt clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/flvcdn-origin ./cmd/origin
+	$(GO) build -o $(BIN)/flvcdn-edge ./cmd/edge
+
+# The whole pipeline on a laptop: origin with an embedded NATS server (the registry
+# lives in its JetStream KV), an edge, and testdata/demo.flv looped as live/demo.
+run: build
+	@set -m; trap 'kill $$o $$e 2>/dev/null; wait' INT TERM EXIT; \
+	$(BIN)/flvcdn-origin --embedded-nats $(NATS_ADDR) --rtmp-addr $(RTMP_ADDR) --http-addr $(ORIGIN_HTTP) \
+	  --source live/demo=testdata/demo.flv & o=$$!; \
+	for i in $$(seq 100); do curl -fs http://$(ORIGIN_HTTP)/readyz >/dev/null 2>&1 && break; sleep 0.1; done; \
+	$(BIN)/flvcdn-edge --nats-url nats://$(NATS_ADDR) --http-addr $(EDGE_ADDR) & e=$$!; \
+	ep=$${EDGE_ADDR##*:}; rp=$${RTMP_ADDR##*:}; \
+	echo; echo "  page:    http://localhost:$$ep/"; \
+	echo "  play:    http://localhost:$$ep/live/demo.flv   (ffplay, VLC, ffmpeg -i, flv.js, mpegts.js)"; \
+	echo "  publish: ffmpeg -re -i in.mp4 -c:v libx264 -c:a aac -f flv rtmp://localhost:$$rp/live/mystream"; \
+	echo "           then play http://localhost:$$ep/live/mystream.flv  (Ctrl-C stops everything)"; echo; \
+	wait $$o $$e
+
+# Installs what the tests need when it is missing (Debian packages, as root).
+test-tools:
+	@bash test/tools.sh
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l cmd pkg test)" || { gofmt -l cmd pkg test; echo "gofmt needed"; exit 1; }
+
+test-unit:
+	$(GO) test -race -count=1 ./pkg/...
+
+test-e2e: test-tools
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/e2e/...
+
+# Unit, integration and end-to-end tests, with real nats-server, redis-server,
+# ffmpeg/ffprobe and headless Chromium.
+test: test-tools vet
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./pkg/... ./cmd/...
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/e2e/...
+
+# A real control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)
+# built from the Go module proxy into .cache/, then chart and janitor checks.
+test-k8s:
+	bash test/k8s/run.sh
+
+# Runs every fuzz target for FUZZTIME each.
+fuzz:
+	@set -e; for spec in \
+	  pkg/flv:FuzzReader pkg/flv:FuzzParseMetadata pkg/bus:FuzzDecode \
+	  pkg/rtmp:FuzzChunkNormalizer pkg/httpflv:FuzzParsePath pkg/edge:FuzzJoiner; do \
+	  pkg=$${spec%%:*}; fn=$${spec##*:}; echo "== $$pkg $$fn ($(FUZZTIME))"; \
+	  $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) ./$$pkg; done
+
+# Load generator: figures and ratios, never pass/fail. `make bench BENCH_ARGS=--quick`.
+bench: build
+	$(GO) run ./test/bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(BIN)
