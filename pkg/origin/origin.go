@@ -133,7 +133,9 @@ func (o *Origin) Publish(ctx context.Context, name stream.Name, key string) (*St
 		_ = o.reg.ReleaseStream(context.WithoutCancel(ctx), string(name), s.owner())
 		return nil, fmt.Errorf("subscribe snapshots of %s: %w", name, err)
 	}
-	s.snapSub = sub
+	o.mu.Lock()
+	s.snapSub = sub // under o.mu: heartbeat refreshes only fully started streams
+	o.mu.Unlock()
 	o.event(ctx, registry.EventPublish, s)
 	streamsGauge.Inc()
 	o.log.Info("publish started", "stream", name, "session", s.session.String())

@@ -1,0 +1,151 @@
+package rtmp
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"math/rand"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// cnFuzzConfig is small so the fuzzer reaches the limits quickly.
+var cnFuzzConfig = normalizerConfig{MaxMessageSize: 1 << 16, MaxChunkStreams: 4}
+
+// cnCheckBounds verifies the normaliser's memory accounting: at most MaxChunkStreams
+// partial messages, at most MaxChunkStreams+1 message buffers alive (partials, the one
+// being delivered and the pool), none larger than MaxMessageSize.
+// (No t.Helper: this runs after every Read and Helper is costly at fuzzing rates.)
+func cnCheckBounds(t *testing.T, n *chunkNormalizer) {
+	buffers, inFlight := 0, 0
+	check := func(b []byte, what string) {
+		if cap(b) == 0 {
+			return
+		}
+		buffers++
+		if cap(b) > int(n.cfg.MaxMessageSize) {
+			t.Fatalf("%s buffer capacity %d exceeds MaxMessageSize %d", what, cap(b), n.cfg.MaxMessageSize)
+		}
+	}
+	streams := 0
+	visit := func(cs *cnStream) {
+		if cs == nil {
+			return
+		}
+		streams++
+		if cs.inFlight {
+			inFlight++
+			if uint32(len(cs.buf)) >= cs.length {
+				t.Fatalf("csid %d: partial message holds %d of %d bytes", cs.csid, len(cs.buf), cs.length)
+			}
+		} else if cs.buf != nil {
+			t.Fatalf("csid %d: buffer kept without a message in flight", cs.csid)
+		}
+		check(cs.buf, "partial message")
+	}
+	for _, cs := range n.small {
+		visit(cs)
+	}
+	for _, cs := range n.big {
+		visit(cs)
+	}
+	for _, b := range n.free {
+		check(b, "pooled")
+	}
+	if n.bodyPooled {
+		check(n.body, "pending")
+	}
+	if inFlight != n.inFlight || inFlight > n.cfg.MaxChunkStreams {
+		t.Fatalf("%d partial messages (counter %d), limit %d", inFlight, n.inFlight, n.cfg.MaxChunkStreams)
+	}
+	if buffers > n.cfg.MaxChunkStreams+1 {
+		t.Fatalf("%d message buffers alive, limit %d", buffers, n.cfg.MaxChunkStreams+1)
+	}
+	if streams != n.known || streams > cnMaxKnownChunkStreams {
+		t.Fatalf("%d csids tracked (counter %d)", streams, n.known)
+	}
+}
+
+// cnFuzzRun reads everything out of a normaliser fed with handshake+data, checking the
+// bounds after every Read.
+func cnFuzzRun(t *testing.T, data []byte, readSizes []int) ([]byte, error) {
+	n := newChunkNormalizer(&cnConn{r: bytes.NewReader(append(cnHandshake(), data...))}, cnFuzzConfig)
+	var out []byte
+	p := make([]byte, slices.Max(readSizes))
+	for i := 0; ; i++ {
+		k, err := n.Read(p[:readSizes[i%len(readSizes)]])
+		out = append(out, p[:k]...)
+		cnCheckBounds(t, n)
+		if err != nil {
+			if _, err2 := n.Read(p[:1]); n.handshakeLeft == 0 && err2 != err {
+				t.Fatalf("error not sticky: %v then %v", err, err2)
+			}
+			return out, err
+		}
+		if k == 0 {
+			t.Fatal("Read returned 0 bytes and no error")
+		}
+	}
+}
+
+func FuzzChunkNormalizer(f *testing.F) {
+	// Seeds: valid streams from the test encoder in its different modes, plus a few
+	// hand-built ones for the control messages.
+	for seed := int64(0); seed < 12; seed++ {
+		rnd := rand.New(rand.NewSource(seed))
+		e := newCNEncoder()
+		e.contExt = cnContExt(seed % 3)
+		if seed%2 == 0 {
+			e.setChunkSize([]uint32{60, 4096, 1}[seed%3])
+		}
+		var msgs []cnMsg
+		ts := uint32(0xFFFF00)
+		for i := 0; i < 8; i++ {
+			ts += uint32(rnd.Intn(3)) * 20
+			msgs = append(msgs, cnMsg{
+				csid:    []uint32{3, 4, 6, 70, 400}[rnd.Intn(5)],
+				typ:     []byte{8, 9, 18, 20}[rnd.Intn(4)],
+				sid:     1,
+				ts:      ts,
+				payload: cnPayload(rnd, []int{0, 4, 127, 300, 700}[rnd.Intn(5)]),
+			})
+		}
+		e.writeInterleaved(msgs, rnd)
+		f.Add(e.out)
+	}
+	var b []byte
+	b = cnChunk{fmt: 0, csid: 6, ts: 0x1000000, length: 300, typ: 9, sid: 1, payload: make([]byte, 128)}.appendTo(b)
+	b = cnChunk{fmt: 0, csid: 2, length: 4, typ: 2, payload: []byte{0, 0, 0, 6}}.appendTo(b)
+	b = cnChunk{fmt: 0, csid: 6, ts: 0x1000000, length: 300, typ: 9, sid: 1, payload: make([]byte, 128)}.appendTo(b)
+	b = cnChunk{fmt: 3, csid: 6, payload: make([]byte, 128)}.appendTo(b)
+	b = cnChunk{fmt: 3, csid: 6, ext: true, extVal: 0x1000000, payload: make([]byte, 44)}.appendTo(b)
+	f.Add(b)
+	f.Add(cnChunk{fmt: 0, csid: 2, length: 4, typ: 1, payload: binary.BigEndian.AppendUint32(nil, 0x80000000)}.appendTo(nil))
+	f.Add([]byte{})
+
+	f.Fuzz(func(t *testing.T, data []byte) {
+		out, err := cnFuzzRun(t, data, []int{4096})
+		if err != io.EOF && !strings.HasPrefix(err.Error(), "rtmp chunk: ") {
+			t.Fatalf("error without context: %v", err)
+		}
+		if errors.Is(err, io.EOF) && err != io.EOF {
+			t.Fatalf("wrapped io.EOF would hide truncation: %v", err)
+		}
+		msgs, derr := cnDecodeOutput(out)
+		if derr != nil {
+			t.Fatalf("malformed output: %v", derr)
+		}
+		for _, m := range msgs {
+			if len(m.payload) > int(cnFuzzConfig.MaxMessageSize) {
+				t.Fatalf("message of %d bytes passed the limit", len(m.payload))
+			}
+		}
+		// The result must not depend on how go-rtmp sizes its reads.
+		out2, err2 := cnFuzzRun(t, data, []int{1, 13, 5000})
+		if !bytes.Equal(out, out2) || err.Error() != err2.Error() {
+			t.Fatalf("read sizes change the result: %d vs %d bytes, %v vs %v", len(out), len(out2), err, err2)
+		}
+	})
+}
