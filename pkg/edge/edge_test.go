@@ -238,7 +238,7 @@ func TestFirstAndLaterViewersStartAtKeyframe(t *testing.T) {
 	if got := tags[3].Timestamp(); got != 25*40 {
 		t.Fatalf("first media at %d ms, want the keyframe at %d", got, 25*40)
 	}
-	p.frames(t, 30, 500) // a new keyframe at frame 50
+	p.frames(t, 30, 500)           // a new keyframe at frame 50
 	read(t, w1, 30, 5*time.Second) // the edge has them all now
 	w2 := watch(t, r, "live/a")
 	tags2 := read(t, w2, 5, 5*time.Second)
