@@ -55,6 +55,12 @@ type Config struct {
 	PublishSecret string
 	// MaxPublishers bounds concurrent publishers (0 = unlimited).
 	MaxPublishers int
+	// ClaimWait is how long a publish waits for a stream held by another origin,
+	// in case that origin is dead and its claim about to lapse. Default TTL + 1s.
+	ClaimWait time.Duration
+	// StaleAfter: a publisher silent this long is replaced by a new one of the
+	// same stream on this origin (an encoder reconnecting). Default 2s.
+	StaleAfter time.Duration
 	// GOPMaxBytes and GOPMaxFrames cap the GOP cache. Past either, the cache is
 	// dropped until the next keyframe (new viewers then wait for it). Defaults 16 MiB, 2000 tags.
 	GOPMaxBytes  int
@@ -64,6 +70,12 @@ type Config struct {
 func (c *Config) defaults() {
 	if c.TTL <= 0 {
 		c.TTL = 3 * time.Second
+	}
+	if c.ClaimWait <= 0 {
+		c.ClaimWait = c.TTL + time.Second
+	}
+	if c.StaleAfter <= 0 {
+		c.StaleAfter = 2 * time.Second
 	}
 	if c.GOPMaxBytes <= 0 {
 		c.GOPMaxBytes = 16 << 20
@@ -112,15 +124,22 @@ func (o *Origin) Publish(ctx context.Context, name stream.Name, key string) (*St
 		publishRefused.WithLabelValues("limit").Inc()
 		return nil, ErrTooMany
 	case o.streams[name] != nil:
+		old := o.streams[name]
 		o.mu.Unlock()
-		publishRefused.WithLabelValues("taken").Inc()
-		return nil, fmt.Errorf("%s: %w", name, registry.ErrTaken)
+		// A publisher whose connection died without a FIN still holds the stream
+		// until its read timeout. If it has gone silent, the newcomer (most likely
+		// the same encoder reconnecting) replaces it; a live one is never displaced.
+		if !old.silentFor(o.cfg.StaleAfter) || !o.awaitGone(ctx, old) {
+			publishRefused.WithLabelValues("taken").Inc()
+			return nil, fmt.Errorf("%s: %w", name, registry.ErrTaken)
+		}
+		return o.Publish(ctx, name, key)
 	}
 	s := newStream(o, name, bus.Session{Origin: o.cfg.ID, ID: randomID()})
 	o.streams[name] = s // reserve the name while the registry is asked
 	o.mu.Unlock()
 
-	if err := o.reg.ClaimStream(ctx, string(name), s.owner(), o.cfg.TTL); err != nil {
+	if err := o.claim(ctx, s); err != nil {
 		o.forget(s)
 		if errors.Is(err, registry.ErrTaken) {
 			publishRefused.WithLabelValues("taken").Inc()
@@ -140,6 +159,39 @@ func (o *Origin) Publish(ctx context.Context, name stream.Name, key string) (*St
 	streamsGauge.Inc()
 	o.log.Info("publish started", "stream", name, "session", s.session.String())
 	return s, nil
+}
+
+// claim asks the registry for the stream. While another origin holds it, it keeps
+// asking for up to ClaimWait: when that origin died, its claim lapses within one
+// TTL (sooner when the Kubernetes janitor purges it) and this publisher takes over,
+// instead of being refused and having to reconnect. A live owner keeps its stream.
+func (o *Origin) claim(ctx context.Context, s *Stream) error {
+	deadline := time.Now().Add(o.cfg.ClaimWait)
+	for {
+		err := o.reg.ClaimStream(ctx, string(s.name), s.owner(), o.cfg.TTL)
+		if !errors.Is(err, registry.ErrTaken) || !time.Now().Before(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// awaitGone kicks a silent publisher and waits for its session to close.
+func (o *Origin) awaitGone(ctx context.Context, old *Stream) bool {
+	o.log.Warn("replacing a silent publisher", "stream", old.name, "session", old.session.String())
+	old.kick()
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	select {
+	case <-old.closedCh:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 func (o *Origin) forget(s *Stream) {

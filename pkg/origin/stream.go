@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -24,8 +26,10 @@ type Stream struct {
 	timeline flv.Timeline
 	snapSub  *nats.Subscription
 
-	kickOnce sync.Once
-	kicked   chan struct{}
+	kickOnce  sync.Once
+	kicked    chan struct{}
+	closedCh  chan struct{} // closed by Close
+	lastWrite atomic.Int64  // unix nanos of the last WriteTag
 
 	mu       sync.Mutex
 	seq      uint64
@@ -40,7 +44,15 @@ type Stream struct {
 }
 
 func newStream(o *Origin, name stream.Name, s bus.Session) *Stream {
-	return &Stream{o: o, name: name, session: s, subject: bus.LiveSubject(string(name)), kicked: make(chan struct{})}
+	st := &Stream{o: o, name: name, session: s, subject: bus.LiveSubject(string(name)),
+		kicked: make(chan struct{}), closedCh: make(chan struct{})}
+	st.lastWrite.Store(time.Now().UnixNano())
+	return st
+}
+
+// silentFor reports whether the publisher sent nothing for d.
+func (s *Stream) silentFor(d time.Duration) bool {
+	return time.Since(time.Unix(0, s.lastWrite.Load())) > d
 }
 
 // Name returns the stream name.
@@ -59,6 +71,7 @@ func (s *Stream) owner() registry.Owner {
 // timeline, body is copied once into a bus frame, the caches are updated and the
 // frame is published. body is not retained.
 func (s *Stream) WriteTag(typ byte, ts uint32, body []byte) error {
+	s.lastWrite.Store(time.Now().UnixNano())
 	if len(body) == 0 {
 		return nil // nothing a decoder could use
 	}
@@ -218,6 +231,7 @@ func (s *Stream) Close(ctx context.Context) {
 	}
 	s.o.event(ctx, registry.EventUnpublish, s)
 	s.o.forget(s)
+	close(s.closedCh)
 	streamsGauge.Dec()
 	s.o.log.Info("publish ended", "stream", s.name, "session", s.session.String(), "tags", seq-1)
 }
