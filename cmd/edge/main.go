@@ -36,6 +36,7 @@ type Config struct {
 	LogFormat    string
 	LogLevel     string
 	CORSOrigin   string
+	PlaySecret   string
 	DrainGrace   time.Duration
 	WriteTimeout time.Duration
 	Hub          edge.Config
@@ -63,6 +64,9 @@ func parse(args []string) (*Config, error) {
 	fs.DurationVar(&c.Hub.MergeWindow, "merge-window", 50*time.Millisecond, "release queued tags to each viewer at most once per window (CPU vs latency)")
 	fs.IntVar(&c.Hub.MaxLagBytes, "max-lag-bytes", 4<<20, "a viewer this far behind skips to the next keyframe")
 	fs.IntVar(&c.Hub.MaxSkips, "max-skips", 3, "drop a viewer after this many skips within 30s")
+	fs.IntVar(&c.Hub.MaxViewers, "max-viewers", 0, "most viewers on this edge; more get 503 (0 = no limit)")
+	fs.IntVar(&c.Hub.MaxViewersPerStream, "max-viewers-per-stream", 0, "most viewers of one stream on this edge; more get 503 (0 = no limit)")
+	fs.StringVar(&c.PlaySecret, "play-secret", "", "when set, playback URLs must be signed: ?expires=UNIX&sig=hex(HMAC-SHA256(secret, path+\"?expires=\"+UNIX))")
 	if err := conf.Parse(fs, args); err != nil {
 		return nil, err
 	}
@@ -79,6 +83,9 @@ func parse(args []string) (*Config, error) {
 		if d.v <= 0 {
 			return nil, fmt.Errorf("%s %s: must be positive", d.name, d.v)
 		}
+	}
+	if c.Hub.MaxViewers < 0 || c.Hub.MaxViewersPerStream < 0 {
+		return nil, errors.New("--max-viewers and --max-viewers-per-stream must not be negative")
 	}
 	if c.Hub.MaxLagBytes < 64<<10 {
 		return nil, fmt.Errorf("--max-lag-bytes %d: must be at least 65536", c.Hub.MaxLagBytes)
@@ -125,7 +132,7 @@ func run(c *Config, log *slog.Logger) error {
 	defer store.Close()
 
 	hub := edge.NewHub(ctx, c.Hub, nc, store, log)
-	flv := &httpflv.Server{Hub: hub, Log: log, CORSOrigin: c.CORSOrigin, WriteTimeout: c.WriteTimeout}
+	flv := &httpflv.Server{Hub: hub, Log: log, CORSOrigin: c.CORSOrigin, WriteTimeout: c.WriteTimeout, PlaySecret: c.PlaySecret}
 	page := web.Handler()
 	var draining atomic.Bool
 	mux := http.NewServeMux()

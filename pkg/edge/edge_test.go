@@ -364,3 +364,28 @@ func waitFor(t *testing.T, d time.Duration, ok func() bool, what string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestViewerLimits(t *testing.T) {
+	r := newRig(t, edge.Config{MergeWindow: 5 * time.Millisecond, MaxViewersPerStream: 2, MaxViewers: 3})
+	for _, n := range []string{"live/one", "live/two"} {
+		p := r.publish(n, 10)
+		p.frames(t, 10, 100)
+	}
+	a, b := watch(t, r, "live/one"), watch(t, r, "live/one")
+	if _, err := r.hub.Watch(r.ctx, name("live/one")); !errors.Is(err, edge.ErrTooManyViewers) {
+		t.Fatalf("third viewer of a stream: %v, want ErrTooManyViewers", err)
+	}
+	watch(t, r, "live/two")
+	if _, err := r.hub.Watch(r.ctx, name("live/two")); !errors.Is(err, edge.ErrTooManyViewers) {
+		t.Fatalf("fourth viewer of the edge: %v, want ErrTooManyViewers", err)
+	}
+	a.v.Close()
+	waitFor(t, 3*time.Second, func() bool {
+		v, err := r.hub.Watch(r.ctx, name("live/one"))
+		if err == nil {
+			v.Close()
+		}
+		return err == nil
+	}, "a freed slot to admit a viewer")
+	_ = b
+}

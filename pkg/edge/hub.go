@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -34,6 +35,8 @@ var (
 	ErrJoinTimeout = errors.New("stream did not start in time")
 	// ErrShuttingDown: the edge is draining.
 	ErrShuttingDown = errors.New("edge is shutting down")
+	// ErrTooManyViewers: a viewer limit of the edge or of the stream is reached.
+	ErrTooManyViewers = errors.New("too many viewers")
 )
 
 // Config tunes a Hub. Zero values take the documented defaults.
@@ -57,6 +60,9 @@ type Config struct {
 	RingSize int
 	// MaxLagBytes is how far behind a viewer may fall before it skips to the next keyframe. Default 4 MiB.
 	MaxLagBytes int
+	// MaxViewers bounds viewers on this edge; MaxViewersPerStream on one stream (0 = no limit).
+	MaxViewers          int
+	MaxViewersPerStream int
 	// MaxSkips drops a viewer that had to skip this many times within SkipWindow. Default 3.
 	MaxSkips int
 	// SkipWindow: see MaxSkips. Default 30s.
@@ -98,6 +104,7 @@ type Hub struct {
 	mu      sync.Mutex
 	streams map[stream.Name]*Stream
 	wg      sync.WaitGroup
+	viewers atomic.Int64 // across streams, for MaxViewers
 }
 
 // NewHub returns a Hub whose stream actors live until ctx ends.
@@ -111,6 +118,10 @@ func NewHub(ctx context.Context, cfg Config, nc *nats.Conn, reg Registry, log *s
 func (h *Hub) Watch(ctx context.Context, name stream.Name) (*Viewer, error) {
 	if h.ctx.Err() != nil {
 		return nil, ErrShuttingDown
+	}
+	if max := h.cfg.MaxViewers; max > 0 && h.viewers.Load() >= int64(max) {
+		viewerRefused.WithLabelValues("edge-limit").Inc()
+		return nil, fmt.Errorf("edge limit of %d: %w", max, ErrTooManyViewers)
 	}
 	for attempt := 0; attempt < 3; attempt++ {
 		s, err := h.stream(ctx, name)

@@ -14,6 +14,8 @@ var (
 		Name: "flvcdn_edge_joins_total", Help: "Snapshots applied (first joins and resyncs)."})
 	viewerSkips = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "flvcdn_edge_viewer_skips_total", Help: "Times a lagging viewer skipped to a keyframe."})
+	viewerRefused = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "flvcdn_edge_viewer_refused_total", Help: "Viewers refused, by limit."}, []string{"reason"})
 	viewerDrops = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "flvcdn_edge_viewer_drops_total", Help: "Viewers disconnected by the edge, by reason."}, []string{"reason"})
 )

@@ -300,6 +300,11 @@ func (s *Stream) addViewer(ctx context.Context) (*Viewer, error) {
 	res := make(chan viewerResult, 1)
 	select {
 	case s.ctl <- func() {
+		if max := s.hub.cfg.MaxViewersPerStream; max > 0 && s.viewers+len(s.waiters) >= max {
+			viewerRefused.WithLabelValues("stream-limit").Inc()
+			res <- viewerResult{err: fmt.Errorf("%s: stream limit of %d: %w", s.name, max, ErrTooManyViewers)}
+			return
+		}
 		if s.live {
 			res <- viewerResult{v: s.newViewer()}
 			return
@@ -334,6 +339,7 @@ func (s *Stream) addViewer(ctx context.Context) (*Viewer, error) {
 // newViewer runs on the actor.
 func (s *Stream) newViewer() *Viewer {
 	s.viewers++
+	s.hub.viewers.Add(1)
 	viewersGauge.Inc()
 	return newViewer(s, s.join.Load())
 }
@@ -343,6 +349,7 @@ func (s *Stream) viewerLeft() {
 	case s.ctl <- func() { s.viewers-- }:
 	case <-s.done:
 	}
+	s.hub.viewers.Add(-1)
 	viewersGauge.Dec()
 }
 

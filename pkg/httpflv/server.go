@@ -37,10 +37,16 @@ type Server struct {
 	CORSOrigin string
 	// WriteTimeout bounds every write to a viewer. Default 10s.
 	WriteTimeout time.Duration
+	// PlaySecret, when set, requires signed URLs: ?expires=UNIX&sig=HEX (stream.SignPlay).
+	PlaySecret string
 }
 
-var bytesOut = promauto.NewCounter(prometheus.CounterOpts{
-	Name: "flvcdn_edge_bytes_out_total", Help: "FLV bytes written to viewers."})
+var (
+	bytesOut = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "flvcdn_edge_bytes_out_total", Help: "FLV bytes written to viewers."})
+	playDenied = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "flvcdn_edge_play_denied_total", Help: "Playback requests refused for a missing, forged or expired signature."})
+)
 
 // ParsePath turns "/app/stream.flv" into a stream name.
 func ParsePath(p string) (stream.Name, error) {
@@ -85,6 +91,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	if s.PlaySecret != "" {
+		if err := stream.VerifyPlay(s.PlaySecret, r.URL.Path, r.URL.Query(), time.Now()); err != nil {
+			playDenied.Inc()
+			http.Error(w, err.Error(), http.StatusForbidden)
+			return
+		}
+	}
 	if r.Method == http.MethodHead {
 		ok, err := s.Hub.Exists(r.Context(), name)
 		switch {
@@ -128,6 +141,8 @@ func (s *Server) refuse(w http.ResponseWriter, name stream.Name, err error) {
 		http.Error(w, "stream not found: "+string(name), http.StatusNotFound)
 	case errors.Is(err, edge.ErrJoinTimeout):
 		http.Error(w, "stream did not start in time: "+string(name), http.StatusGatewayTimeout)
+	case errors.Is(err, edge.ErrTooManyViewers):
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 	case errors.Is(err, edge.ErrShuttingDown):
 		http.Error(w, "edge is shutting down", http.StatusServiceUnavailable)
 	case errors.Is(err, context.Canceled):

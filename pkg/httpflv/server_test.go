@@ -1,9 +1,18 @@
 package httpflv
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/flvcdn/flvcdn/pkg/edge"
 
 	"github.com/flvcdn/flvcdn/pkg/stream"
 )
@@ -40,4 +49,41 @@ func FuzzParsePath(f *testing.F) {
 			t.Fatalf("accepted %q gives invalid name %q", p, n)
 		}
 	})
+}
+
+// noHub answers that every stream exists but refuses to watch: enough to test the
+// HTTP surface in front of the edge.
+type noHub struct{}
+
+func (noHub) Watch(context.Context, stream.Name) (*edge.Viewer, error) { return nil, edge.ErrNotFound }
+func (noHub) Exists(context.Context, stream.Name) (bool, error)        { return true, nil }
+
+func TestHTTPSurface(t *testing.T) {
+	srv := &Server{Hub: noHub{}, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), CORSOrigin: "*", PlaySecret: "k"}
+	exp := time.Now().Add(time.Minute).Unix()
+	signed := fmt.Sprintf("/live/a.flv?expires=%d&sig=%s", exp, stream.SignPlay("k", "/live/a.flv", exp))
+	expired := fmt.Sprintf("/live/a.flv?expires=%d&sig=%s", exp-3600, stream.SignPlay("k", "/live/a.flv", exp-3600))
+	cases := []struct {
+		method, target string
+		want           int
+	}{
+		{"GET", "/live/a.flv", http.StatusForbidden},
+		{"GET", expired, http.StatusForbidden},
+		{"GET", signed + "x", http.StatusForbidden},
+		{"GET", signed, http.StatusNotFound}, // passes auth; noHub has no stream
+		{"HEAD", signed, http.StatusOK},
+		{"OPTIONS", "/live/a.flv", http.StatusNoContent},
+		{"POST", signed, http.StatusMethodNotAllowed},
+		{"GET", "/live/a.b.flv", http.StatusBadRequest},
+	}
+	for _, c := range cases {
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, httptest.NewRequest(c.method, c.target, nil))
+		if rec.Code != c.want {
+			t.Errorf("%s %s: %d, want %d (%s)", c.method, c.target, rec.Code, c.want, strings.TrimSpace(rec.Body.String()))
+		}
+		if rec.Header().Get("Access-Control-Allow-Origin") != "*" {
+			t.Errorf("%s %s: no CORS header", c.method, c.target)
+		}
+	}
 }
