@@ -389,3 +389,61 @@ func TestViewerLimits(t *testing.T) {
 	}, "a freed slot to admit a viewer")
 	_ = b
 }
+
+// A viewer that arrives the instant a publish starts (a player retrying on 404)
+// waits for a start point, then gets the headers and a keyframe first.
+func TestViewerArrivingBeforeFirstTagWaitsForAStart(t *testing.T) {
+	r := newRig(t, edge.Config{MergeWindow: 5 * time.Millisecond})
+	n, _ := stream.ParseName("live/early")
+	s, err := r.origin.Publish(r.ctx, n, "") // claimed, nothing sent yet
+	must(t, err)
+	got := make(chan *edge.Viewer, 1)
+	go func() {
+		v, err := r.hub.Watch(r.ctx, n)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- v
+	}()
+	// The snapshot is empty; headers and the first keyframe come live afterwards.
+	waitFor(t, 5*time.Second, func() bool { return r.hub.Streams() == 1 }, "the edge to pull")
+	time.Sleep(50 * time.Millisecond) // let the empty snapshot land first (not a correctness wait)
+	p := &publisher{s: s, gop: 10}
+	must(t, s.WriteTag(flv.TypeScript, 0, metadata()))
+	must(t, s.WriteTag(flv.TypeVideo, 0, []byte{0x17, 0, 0, 0, 0, 1, 0x64, 0, 0x1f}))
+	must(t, s.WriteTag(flv.TypeAudio, 0, []byte{0xAF, 0, 0x12, 0x10}))
+	p.frames(t, 5, 100)
+	var v *edge.Viewer
+	select {
+	case v = <-got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("viewer never started")
+	}
+	if v == nil {
+		t.FailNow()
+	}
+	defer v.Close()
+	tags := read(t, &watcher{v: v}, 3, 5*time.Second) // parse() checks the header flags
+	checkStart(t, tags)
+}
+
+// When the publisher is gone for good, viewers' responses end after the grace period.
+func TestViewersEndAfterGrace(t *testing.T) {
+	r := newRig(t, edge.Config{MergeWindow: 5 * time.Millisecond, Grace: 300 * time.Millisecond})
+	p := r.publish("live/bye", 10)
+	p.frames(t, 10, 100)
+	w := watch(t, r, "live/bye")
+	read(t, w, 3, 5*time.Second)
+	p.s.Close(r.ctx)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for {
+		bufs, err := w.v.Next(ctx, make([][]byte, 1, 8)) // with a reserved slot, as httpflv does
+		if errors.Is(err, io.EOF) {
+			return
+		}
+		if err != nil {
+			t.Fatalf("%v (after %d buffers), want io.EOF", err, len(bufs))
+		}
+	}
+}

@@ -20,5 +20,15 @@ var (
 		Name: "flvcdn_edge_viewer_drops_total", Help: "Viewers disconnected by the edge, by reason."}, []string{"reason"})
 )
 
+func init() {
+	// Export every label value from the start, so dashboards and alerts see zeros.
+	for _, r := range []string{"slow", "write-timeout"} {
+		viewerDrops.WithLabelValues(r)
+	}
+	for _, r := range []string{"edge-limit", "stream-limit"} {
+		viewerRefused.WithLabelValues(r)
+	}
+}
+
 // CountDrop records a viewer the server disconnected for reason (e.g. "write-timeout").
 func CountDrop(reason string) { viewerDrops.WithLabelValues(reason).Inc() }

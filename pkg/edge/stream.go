@@ -22,6 +22,8 @@ type joinPoint struct {
 	tags   []flv.Tag // metadata and sequence headers
 	start  uint64    // ring index of the keyframe to start at
 	ok     bool      // start is valid
+	// audioOnly streams have no keyframes: a viewer starts a little before the head.
+	audioOnly bool
 }
 
 // Stream is the actor for one stream on this edge. Fields above the line are read
@@ -43,14 +45,20 @@ type Stream struct {
 	sub        *nats.Subscription
 	joiner     joiner
 	live       bool // a snapshot was applied; viewers can be served
-	waiters    []chan viewerResult
+	waiters    []waiter
 	viewers    int
 	hasVideo   bool
+	hasAudio   bool
+	meta       flv.Tag // latest headers of the shown session
+	videoHdr   flv.Tag
+	audioHdr   flv.Tag
+	joinStart  uint64 // ring index new viewers start at, valid when joinOK
+	joinOK     bool
 	snapFlight bool
 	snapDone   chan snapAnswer
 	notified   uint64 // ring head at the last broadcast
 	lastMsg    time.Time
-	joinStart  time.Time
+	pullStart  time.Time
 	lingerAt   time.Time // zero while viewers remain
 	graceAt    time.Time // zero while the publisher is live
 	retryAt    time.Time // next snapshot attempt after a failure
@@ -59,6 +67,12 @@ type Stream struct {
 	lastOut  int64
 	anyOut   bool
 	newBase  bool // next media tag sets tsOffset (a new session starts)
+}
+
+// waiter is a viewer waiting for the stream to have a start point.
+type waiter struct {
+	res   chan viewerResult
+	since time.Time
 }
 
 type viewerResult struct {
@@ -95,7 +109,7 @@ func (s *Stream) run(ctx context.Context) {
 	streamsGauge.Inc()
 	defer streamsGauge.Dec()
 	defer s.stop()
-	s.joinStart, s.lastMsg = time.Now(), time.Now()
+	s.pullStart, s.lastMsg = time.Now(), time.Now()
 	s.requestSnapshot()
 	tick := time.NewTicker(s.hub.cfg.MergeWindow)
 	defer tick.Stop()
@@ -131,6 +145,7 @@ func (s *Stream) onMsg(m *nats.Msg) {
 	for _, t := range r.deliver {
 		s.push(t.tag)
 	}
+	s.releaseWaiters()
 	if r.ended {
 		s.publisherLeft()
 	}
@@ -165,10 +180,14 @@ func (s *Stream) onSnapshot(a snapAnswer) {
 	s.retryAt = time.Time{}
 	joinsTotal.Inc()
 	r := s.joiner.onSnapshot(a.s)
-	s.hasVideo = a.s.flags&bus.FlagHasVideo != 0
 	if r.newSession {
 		s.newBase = s.anyOut
-		s.setJoin(a.s.flags, r.headers)
+		// Track flags come from the origin (metadata and tags it saw); tags seen
+		// here can only add to them.
+		s.hasAudio = a.s.flags&bus.FlagHasAudio != 0
+		s.hasVideo = a.s.flags&bus.FlagHasVideo != 0
+		s.meta, s.videoHdr, s.audioHdr = nil, nil, nil
+		s.joinOK = false
 		for _, t := range r.headers {
 			s.push(t.tag) // viewers already watching need the new session's headers
 		}
@@ -183,29 +202,24 @@ func (s *Stream) onSnapshot(a snapAnswer) {
 	if r.ended {
 		s.publisherLeft()
 	}
-	if !s.live {
-		s.live = true
-		for _, w := range s.waiters {
-			w <- viewerResult{v: s.newViewer()}
-		}
-		s.waiters = nil
-	}
+	s.live = true
+	s.releaseWaiters()
 	s.broadcast()
 	if r.needSnapshot {
 		s.requestSnapshot()
 	}
 }
 
-func (s *Stream) setJoin(flags byte, headers []seqTag) {
-	jp := &joinPoint{header: flv.FileHeader(flags&bus.FlagHasAudio != 0, flags&bus.FlagHasVideo != 0)}
-	for _, t := range headers {
-		s.stamp(t.tag, true)
-		jp.tags = append(jp.tags, t.tag)
+// releaseWaiters hands viewers that waited for the stream their start, once there
+// is one: a keyframe (or, for audio-only streams, audio) after the headers.
+func (s *Stream) releaseWaiters() {
+	if !s.live || !s.joinOK || len(s.waiters) == 0 {
+		return
 	}
-	if k := s.lastKey.Load(); k > 0 {
-		jp.start, jp.ok = k-1, true
+	for _, w := range s.waiters {
+		w.res <- viewerResult{v: s.newViewer()}
 	}
-	s.join.Store(jp)
+	s.waiters = nil
 }
 
 // stamp rewrites a tag's timestamp onto the stream's continuous timeline, in place,
@@ -224,24 +238,53 @@ func (s *Stream) stamp(t flv.Tag, header bool) {
 	t.SetTimestamp(uint32(out))
 }
 
-// push stamps a tag and appends it to the ring.
+// push stamps a tag, appends it to the ring and keeps the join point current:
+// the latest headers, the track flags, and where new viewers start.
 func (s *Stream) push(t flv.Tag) *entry {
 	kind := flv.Classify(t.Type(), t.Body())
-	header := kind == flv.KindMetadata || kind == flv.KindVideoHeader || kind == flv.KindAudioHeader
+	header := false
+	switch kind {
+	case flv.KindMetadata:
+		s.meta, header = t, true
+	case flv.KindVideoHeader:
+		s.videoHdr, s.hasVideo, header = t, true, true
+	case flv.KindAudioHeader:
+		s.audioHdr, s.hasAudio, header = t, true, true
+	}
+	switch t.Type() {
+	case flv.TypeVideo:
+		s.hasVideo = true
+	case flv.TypeAudio:
+		s.hasAudio = true
+	}
 	s.stamp(t, header)
-	key := kind == flv.KindKeyframe || (!s.hasVideo && t.Type() == flv.TypeAudio)
+	// Viewers may start at a keyframe; on an audio-only stream at any audio frame.
+	key := kind == flv.KindKeyframe || (!s.hasVideo && t.Type() == flv.TypeAudio && !header)
 	e := s.ring.push(t, key)
 	if key {
 		s.lastKey.Store(e.idx + 1)
-		// New viewers start at the newest keyframe; audio-only streams at the first
-		// tag still in the ring (viewer.go clamps it), so they get some backlog.
-		if jp := s.join.Load(); jp != nil && (kind == flv.KindKeyframe || !jp.ok) {
-			cp := *jp
-			cp.start, cp.ok = e.idx, true
-			s.join.Store(&cp)
+	}
+	switch {
+	case kind == flv.KindKeyframe:
+		s.joinStart, s.joinOK = e.idx, true
+	case key && !s.joinOK:
+		s.joinStart, s.joinOK = e.idx, true // audio-only: viewer.go trims the backlog
+	case !header:
+		return e
+	}
+	s.publishJoin()
+	return e
+}
+
+// publishJoin stores the join point new viewers read (actor only).
+func (s *Stream) publishJoin() {
+	jp := &joinPoint{header: flv.FileHeader(s.hasAudio, s.hasVideo), start: s.joinStart, ok: s.joinOK, audioOnly: !s.hasVideo}
+	for _, t := range []flv.Tag{s.meta, s.videoHdr, s.audioHdr} {
+		if t != nil {
+			jp.tags = append(jp.tags, t)
 		}
 	}
-	return e
+	s.join.Store(jp)
 }
 
 // broadcast wakes viewers when tags were pushed since the last window.
@@ -258,12 +301,17 @@ func (s *Stream) broadcast() {
 
 // housekeep runs once per merge window; it returns true when the actor should stop.
 func (s *Stream) housekeep(now time.Time) bool {
-	if !s.live && len(s.waiters) > 0 && now.Sub(s.joinStart) > s.hub.cfg.JoinTimeout {
-		for _, w := range s.waiters {
-			w <- viewerResult{err: fmt.Errorf("%s: %w", s.name, ErrJoinTimeout)}
+	kept := s.waiters[:0]
+	for _, w := range s.waiters {
+		if now.Sub(w.since) > s.hub.cfg.JoinTimeout {
+			w.res <- viewerResult{err: fmt.Errorf("%s: %w", s.name, ErrJoinTimeout)}
+			continue
 		}
-		s.waiters = nil
-		return s.viewers == 0
+		kept = append(kept, w)
+	}
+	s.waiters = kept
+	if !s.live && len(s.waiters) == 0 && s.viewers == 0 && now.Sub(s.pullStart) > s.hub.cfg.JoinTimeout {
+		return true // never joined and nobody waits any more
 	}
 	if !s.snapFlight && !s.retryAt.IsZero() && now.After(s.retryAt) {
 		s.requestSnapshot()
@@ -289,7 +337,7 @@ func (s *Stream) stop() {
 	s.hub.remove(s)
 	s.ended.Store(true)
 	for _, w := range s.waiters {
-		w <- viewerResult{err: errStreamGone}
+		w.res <- viewerResult{err: errStreamGone}
 	}
 	s.broadcast()
 	close(s.done)
@@ -305,11 +353,8 @@ func (s *Stream) addViewer(ctx context.Context) (*Viewer, error) {
 			res <- viewerResult{err: fmt.Errorf("%s: stream limit of %d: %w", s.name, max, ErrTooManyViewers)}
 			return
 		}
-		if s.live {
-			res <- viewerResult{v: s.newViewer()}
-			return
-		}
-		s.waiters = append(s.waiters, res)
+		s.waiters = append(s.waiters, waiter{res: res, since: time.Now()})
+		s.releaseWaiters()
 	}:
 	case <-s.done:
 		return nil, errStreamGone

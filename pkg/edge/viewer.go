@@ -12,6 +12,9 @@ import (
 // ErrTooSlow: the viewer kept falling behind and was dropped.
 var ErrTooSlow = errors.New("viewer too slow: dropped")
 
+// audioBacklog is how many tags back an audio-only viewer starts (about 1 s of AAC).
+const audioBacklog = 48
+
 // maxPerWrite bounds one writev (the kernel takes at most 1024 iovecs anyway).
 const maxPerWrite = 1000
 
@@ -37,6 +40,9 @@ func newViewer(s *Stream, jp *joinPoint) *Viewer {
 		if jp.ok {
 			v.cursor = jp.start
 		}
+		if head := s.ring.head.Load(); jp.audioOnly && head > audioBacklog && v.cursor < head-audioBacklog {
+			v.cursor = head - audioBacklog
+		}
 	}
 	return v
 }
@@ -45,12 +51,13 @@ func newViewer(s *Stream, jp *joinPoint) *Viewer {
 // join tags on the first call, then at most once per merge window with everything
 // queued since. io.EOF means the stream ended and everything was delivered.
 func (v *Viewer) Next(ctx context.Context, bufs net.Buffers) (net.Buffers, error) {
+	n0 := len(bufs) // the caller may reserve slots (a chunk header)
 	for {
 		ch := v.s.notify.Load()
 		if ch != v.lastCh {
 			v.lastCh = ch
 			var err error
-			if bufs, err = v.collect(bufs); err != nil || len(bufs) > 0 {
+			if bufs, err = v.collect(bufs); err != nil || len(bufs) > n0 {
 				return bufs, err
 			}
 			if v.s.ended.Load() {
