@@ -23,11 +23,11 @@ build:
 # The whole pipeline on a laptop: origin with an embedded NATS server (the registry
 # lives in its JetStream KV), an edge, and testdata/demo.flv looped as live/demo.
 run: build
-	@set -m; trap 'kill $$o $$e 2>/dev/null; wait' INT TERM EXIT; \
+	@trap 'kill $$o $$e 2>/dev/null; wait' INT TERM EXIT; \
 	$(BIN)/flvcdn-origin --embedded-nats $(NATS_ADDR) --rtmp-addr $(RTMP_ADDR) --http-addr $(ORIGIN_HTTP) \
-	  --source live/demo=testdata/demo.flv & o=$$!; \
+	  --source live/demo=testdata/demo.flv --drain-grace 2s & o=$$!; \
 	for i in $$(seq 100); do curl -fs http://$(ORIGIN_HTTP)/readyz >/dev/null 2>&1 && break; sleep 0.1; done; \
-	$(BIN)/flvcdn-edge --nats-url nats://$(NATS_ADDR) --http-addr $(EDGE_ADDR) & e=$$!; \
+	$(BIN)/flvcdn-edge --nats-url nats://$(NATS_ADDR) --http-addr $(EDGE_ADDR) --drain-grace 2s & e=$$!; \
 	ep=$${EDGE_ADDR##*:}; rp=$${RTMP_ADDR##*:}; \
 	echo; echo "  page:    http://localhost:$$ep/"; \
 	echo "  play:    http://localhost:$$ep/live/demo.flv   (ffplay, VLC, ffmpeg -i, flv.js, mpegts.js)"; \

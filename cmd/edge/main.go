@@ -175,13 +175,21 @@ func run(c *Config, log *slog.Logger) error {
 
 	select {
 	case <-sigs.Done():
+		stopSigs() // a second signal ends the process at once
 		// Fail readiness so the Service stops routing here, stop accepting, then give
 		// viewers the grace period before closing them so players reconnect elsewhere.
 		draining.Store(true)
-		log.Info("draining", "grace", c.DrainGrace)
+		log.Info("draining", "grace", c.DrainGrace, "viewers", hub.Viewers())
 		shutdown, done := context.WithTimeout(context.Background(), c.DrainGrace)
 		_ = hs.Shutdown(shutdown) // returns at once: hijacked viewers are not tracked
-		<-shutdown.Done()
+		tick := time.NewTicker(100 * time.Millisecond)
+		for hub.Viewers() > 0 && shutdown.Err() == nil {
+			select {
+			case <-shutdown.Done():
+			case <-tick.C:
+			}
+		}
+		tick.Stop()
 		done()
 	case err = <-errc:
 	}

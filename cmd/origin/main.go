@@ -216,6 +216,7 @@ func run(c *Config, log *slog.Logger) error {
 
 	select {
 	case <-sigs.Done():
+		stopSigs() // a second signal ends the process at once
 		log.Info("draining: refusing new publishes", "grace", c.DrainGrace)
 		o.Drain(ctx)
 		waitPublishers(o, c.DrainGrace, sources)

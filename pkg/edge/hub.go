@@ -177,6 +177,9 @@ func (h *Hub) remove(s *Stream) {
 	h.mu.Unlock()
 }
 
+// Viewers returns how many viewers this edge serves.
+func (h *Hub) Viewers() int { return int(h.viewers.Load()) }
+
 // Streams returns how many streams are being pulled.
 func (h *Hub) Streams() int {
 	h.mu.Lock()
