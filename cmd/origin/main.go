@@ -19,6 +19,7 @@ import (
 	"github.com/flvcdn/flvcdn/pkg/bus"
 	"github.com/flvcdn/flvcdn/pkg/conf"
 	"github.com/flvcdn/flvcdn/pkg/health"
+	"github.com/flvcdn/flvcdn/pkg/k8s"
 	"github.com/flvcdn/flvcdn/pkg/origin"
 	"github.com/flvcdn/flvcdn/pkg/registry"
 	"github.com/flvcdn/flvcdn/pkg/rtmp"
@@ -45,6 +46,9 @@ type Config struct {
 	Handshake     time.Duration
 	Janitor       bool
 	Kubeconfig    string
+	JanitorNS     string
+	JanitorLease  string
+	JanitorSel    string
 }
 
 func parse(args []string) (*Config, error) {
@@ -71,7 +75,10 @@ func parse(args []string) (*Config, error) {
 	fs.DurationVar(&c.ReadTimeout, "rtmp-read-timeout", 15*time.Second, "close an RTMP connection silent for this long")
 	fs.DurationVar(&c.Handshake, "rtmp-handshake-timeout", 10*time.Second, "time allowed from connect to publish")
 	fs.BoolVar(&c.Janitor, "janitor", false, "run the Lease-elected Kubernetes janitor (in-cluster)")
-	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig for the janitor outside a cluster")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig for the janitor outside a cluster (implies --janitor)")
+	fs.StringVar(&c.JanitorNS, "janitor-namespace", os.Getenv("POD_NAMESPACE"), "namespace of the origin pods and of the janitor's Lease (default: POD_NAMESPACE)")
+	fs.StringVar(&c.JanitorLease, "janitor-lease", k8s.DefaultLeaseName, "name of the janitor's Lease")
+	fs.StringVar(&c.JanitorSel, "janitor-selector", k8s.DefaultOriginSelector, "label selector of the origin pods")
 	if err := conf.Parse(fs, args); err != nil {
 		return nil, err
 	}
@@ -84,6 +91,8 @@ func parse(args []string) (*Config, error) {
 		return nil, errors.New("--id: at most 255 bytes")
 	case c.MaxPublishers < 0:
 		return nil, errors.New("--max-publishers: must not be negative")
+	case (c.Janitor || c.Kubeconfig != "") && c.JanitorNS == "":
+		return nil, errors.New("--janitor-namespace: required with --janitor (set POD_NAMESPACE from the downward API)")
 	}
 	for _, a := range []struct{ name, v string }{{"--http-addr", c.HTTPAddr}, {"--rtmp-addr", c.RTMPAddr}} {
 		if _, _, err := net.SplitHostPort(a.v); err != nil {

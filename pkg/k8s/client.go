@@ -2,10 +2,12 @@ package k8s
 
 import (
 	"fmt"
+	"log/slog"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 )
 
 // userAgent names flvcdn in the API server's audit log.
@@ -44,4 +46,12 @@ func newClient(cfg *rest.Config) (kubernetes.Interface, error) {
 		return nil, fmt.Errorf("k8s: clientset: %w", err)
 	}
 	return cs, nil
+}
+
+// LogKlogTo sends the log lines of client-go itself (leader election,
+// reflectors: klog) to log, so that a binary logging JSON does not also
+// print klog's text lines. It changes process-wide state: call it once from
+// main, not from libraries or parallel tests.
+func LogKlogTo(log *slog.Logger) {
+	klog.SetSlogLogger(log.With("component", "client-go"))
 }

@@ -25,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
@@ -70,10 +71,13 @@ type JanitorConfig struct {
 // context releases the Lease at once and a follower takes over within
 // RetryPeriod.
 const (
-	DefaultLeaseName     = "flvcdn-origin-janitor"
-	DefaultLeaseDuration = 15 * time.Second
-	DefaultRenewDeadline = 10 * time.Second
-	DefaultRetryPeriod   = 2 * time.Second
+	DefaultLeaseName = "flvcdn-origin-janitor"
+	// DefaultOriginSelector matches the origin pods of any release of the
+	// chart; the chart passes a selector narrowed to its own release.
+	DefaultOriginSelector = "app.kubernetes.io/name=flvcdn,app.kubernetes.io/component=origin"
+	DefaultLeaseDuration  = 15 * time.Second
+	DefaultRenewDeadline  = 10 * time.Second
+	DefaultRetryPeriod    = 2 * time.Second
 )
 
 // Bounds of one purge and of its retries. A purge is a couple of Redis round
@@ -83,6 +87,9 @@ const (
 	purgeTimeout    = 5 * time.Second
 	minPurgeBackoff = 100 * time.Millisecond
 	maxPurgeBackoff = 30 * time.Second
+	// recheckUnready is how often an unready origin that is kept (no other
+	// origin is ready to take its streams) is looked at again.
+	recheckUnready = time.Second
 	// goneMemory is how long the janitor remembers that it purged an origin
 	// whose pod is gone, so the deadline timer of the same pod does not purge
 	// (and announce) it twice. Pod names are not reused by Deployments.
@@ -147,7 +154,11 @@ type item struct {
 //     has killed it, or its node is gone);
 //   - the pod's Ready condition goes from True to False while the pod is not
 //     terminating (a terminating origin is draining its publishers on
-//     purpose, so it is left alone until its grace period is over);
+//     purpose, so it is left alone until its grace period is over), and
+//     another origin is ready to take its publishers. When no origin is ready
+//     the cause is shared (NATS or Redis down, a bad rollout): purging would
+//     only churn every stream, so the janitor waits, re-checking each second,
+//     until the origin recovers or another one is ready;
 //   - the pod's phase becomes Succeeded or Failed.
 func RunJanitor(ctx context.Context, cs kubernetes.Interface, cfg JanitorConfig, p Purger, log *slog.Logger) error {
 	if err := cfg.setDefaults(); err != nil {
@@ -277,7 +288,8 @@ func (j *janitor) lead(ctx context.Context) {
 	}
 	j.log.Info("janitor: watching origin pods", "selector", j.sel.String(), "pods", len(inf.GetStore().ListKeys()))
 
-	w := &worker{janitor: j, queue: queue, pods: pods.Lister().Pods(j.cfg.Namespace), gone: map[string]time.Time{}}
+	w := &worker{janitor: j, queue: queue, pods: pods.Lister().Pods(j.cfg.Namespace),
+		gone: map[string]time.Time{}, held: map[string]bool{}}
 	go func() {
 		<-ctx.Done()
 		queue.ShutDown()
@@ -365,13 +377,11 @@ func finished(pod *corev1.Pod) bool {
 type worker struct {
 	*janitor
 	queue workqueue.TypedRateLimitingInterface[item]
-	pods  podGetter
+	pods  corelisters.PodNamespaceLister
 	// gone remembers origins already purged because their pod is gone.
 	gone map[string]time.Time
-}
-
-type podGetter interface {
-	Get(name string) (*corev1.Pod, error)
+	// held are unready origins kept because no other origin is ready.
+	held map[string]bool
 }
 
 // next handles one item; false when the queue is shut down.
@@ -395,6 +405,9 @@ func (w *worker) next(ctx context.Context) bool {
 			w.queue.Forget(it)
 			return true
 		}
+	}
+	if it.why == reasonUnready && !w.unreadyStillCounts(it) {
+		return true
 	}
 
 	start := time.Now()
@@ -439,6 +452,46 @@ func (w *worker) purge(ctx context.Context, origin string) ([]string, error) {
 		return streams, fmt.Errorf("publish origin-down of %s: %w", origin, err)
 	}
 	return streams, nil
+}
+
+// unreadyStillCounts re-examines an origin queued for losing readiness, in
+// the informer's current view: false when it recovered, is terminating or
+// gone (other items handle those), or when no other origin is ready (then it
+// is re-checked later).
+func (w *worker) unreadyStillCounts(it item) bool {
+	pod, err := w.pods.Get(it.origin)
+	if err != nil || ready(pod) || pod.DeletionTimestamp != nil {
+		if w.held[it.origin] {
+			delete(w.held, it.origin)
+			w.log.Info("janitor: kept origin recovered or left", "origin", it.origin)
+		}
+		w.queue.Forget(it)
+		return false
+	}
+	if !w.anotherReady(it.origin) {
+		if !w.held[it.origin] {
+			w.held[it.origin] = true
+			w.log.Warn("janitor: origin not ready, but no other origin is ready either; not purging", "origin", it.origin)
+		}
+		w.queue.Forget(it)
+		w.queue.AddAfter(it, recheckUnready)
+		return false
+	}
+	delete(w.held, it.origin)
+	return true
+}
+
+func (w *worker) anotherReady(origin string) bool {
+	pods, err := w.pods.List(w.sel)
+	if err != nil {
+		return false
+	}
+	for _, p := range pods {
+		if p.Name != origin && ready(p) && p.DeletionTimestamp == nil {
+			return true
+		}
+	}
+	return false
 }
 
 func (w *worker) remember(origin string, now time.Time) {

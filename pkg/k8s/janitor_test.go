@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -148,6 +149,11 @@ func testConfig(identity string) JanitorConfig {
 	}
 }
 
+func TestMain(m *testing.M) {
+	LogKlogTo(quietLog()) // client-go's own lines would drown the test output
+	os.Exit(m.Run())
+}
+
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 func (h *harness) wantPurge(origin string) {
@@ -177,6 +183,13 @@ func (h *harness) wantNoPurge(window time.Duration) {
 func (h *harness) update(pod *corev1.Pod) {
 	h.t.Helper()
 	if _, err := h.cs.CoreV1().Pods(testNS).Update(context.Background(), pod, metav1.UpdateOptions{}); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func (h *harness) create(pod *corev1.Pod) {
+	h.t.Helper()
+	if _, err := h.cs.CoreV1().Pods(testNS).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
 		h.t.Fatal(err)
 	}
 }
@@ -216,13 +229,34 @@ func TestDeletedOriginIsPurgedAndAnnounced(t *testing.T) {
 }
 
 func TestOriginThatStopsBeingReadyIsPurged(t *testing.T) {
-	h := startJanitor(t, originPod("origin-a", true))
+	h := startJanitor(t, originPod("origin-a", true), originPod("origin-b", true))
 	h.update(originPod("origin-a", false))
 	h.wantPurge("origin-a")
 }
 
+func TestUnreadyOriginIsKeptWhileNoOtherIsReady(t *testing.T) {
+	// Every origin unready at once is a shared outage (NATS, Redis), not a
+	// dead origin: moving publishers would gain nothing.
+	h := startJanitor(t, originPod("origin-a", true), originPod("origin-b", false))
+	h.update(originPod("origin-a", false))
+	h.wantNoPurge(1500 * time.Millisecond) // more than one re-check
+
+	// Once another origin can take its publishers, it is purged.
+	h.update(originPod("origin-b", true))
+	h.wantPurge("origin-a")
+}
+
+func TestOriginThatRecoversIsNotPurged(t *testing.T) {
+	// Unready with nobody to take over, then ready again: nothing to do.
+	h := startJanitor(t, originPod("origin-a", true))
+	h.update(originPod("origin-a", false))
+	h.update(originPod("origin-a", true))
+	h.create(originPod("origin-b", true)) // a later ready origin changes nothing
+	h.wantNoPurge(1500 * time.Millisecond)
+}
+
 func TestReadinessRules(t *testing.T) {
-	h := startJanitor(t, originPod("starting", false), originPod("draining", true))
+	h := startJanitor(t, originPod("starting", false), originPod("draining", true), originPod("spare", true))
 
 	// A pod that becomes ready, or that was never ready, is no failure.
 	h.update(originPod("starting", true))
