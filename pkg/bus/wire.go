@@ -206,23 +206,17 @@ type Assembler struct {
 }
 
 // Add feeds a fragment. It returns the complete tag once the last part arrives.
+// A first part always starts a new tag (a partial one before it was lost: the
+// caller sees the gap in sequence numbers); any other part must continue exactly
+// where the partial tag stands.
 func (a *Assembler) Add(m Message) (flv.Tag, bool, error) {
-	if a.buf == nil || m.Seq != a.seq || m.Session != a.session || m.Total != len(a.buf) {
-		if a.buf != nil && a.filled > 0 {
-			a.Reset()
-			if m.Offset != 0 {
-				return nil, false, fmt.Errorf("bus: fragment of seq %d at %d without its start: %w", m.Seq, m.Offset, ErrMalformed)
-			}
-		}
-		if m.Offset != 0 {
-			return nil, false, fmt.Errorf("bus: fragment of seq %d at %d without its start: %w", m.Seq, m.Offset, ErrMalformed)
-		}
+	switch {
+	case m.Offset == 0:
 		a.buf = make([]byte, m.Total)
 		a.seq, a.session, a.filled = m.Seq, m.Session, 0
-	}
-	if m.Offset != a.filled {
+	case a.buf == nil || m.Seq != a.seq || m.Session != a.session || m.Total != len(a.buf) || m.Offset != a.filled:
 		a.Reset()
-		return nil, false, fmt.Errorf("bus: fragment of seq %d at %d, want %d: %w", m.Seq, m.Offset, a.filled, ErrMalformed)
+		return nil, false, fmt.Errorf("bus: fragment of seq %d at %d does not continue a tag: %w", m.Seq, m.Offset, ErrMalformed)
 	}
 	a.filled += copy(a.buf[m.Offset:], m.Part)
 	if a.filled < len(a.buf) {
