@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"os/signal"
 	"strings"
 	"sync/atomic"
@@ -28,13 +27,8 @@ import (
 
 // Config is every setting of the edge; each flag is also FLVCDN_<NAME>.
 type Config struct {
-	NATS         bus.ConnOptions
-	RedisURL     string
-	Namespace    string
-	ID           string
+	conf.Common
 	HTTPAddr     string
-	LogFormat    string
-	LogLevel     string
 	CORSOrigin   string
 	PlaySecret   string
 	DrainGrace   time.Duration
@@ -42,20 +36,20 @@ type Config struct {
 	Hub          edge.Config
 }
 
-func parse(args []string) (*Config, error) {
+// parse reads the settings and validates them, naming the setting that is wrong.
+func parse(args []string) (*Config, *conf.Common, error) {
+	c, err := parseConfig(args)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, &c.Common, nil
+}
+
+func parseConfig(args []string) (*Config, error) {
 	c := &Config{}
 	fs := flag.NewFlagSet("flvcdn-edge", flag.ContinueOnError)
-	fs.StringVar(&c.NATS.URL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
-	fs.StringVar(&c.NATS.CredsFile, "nats-creds", "", "NATS credentials file")
-	fs.StringVar(&c.NATS.User, "nats-user", "", "NATS user")
-	fs.StringVar(&c.NATS.Password, "nats-password", "", "NATS password")
-	fs.StringVar(&c.NATS.TLSCA, "nats-tls-ca", "", "CA file to verify the NATS server's TLS certificate")
-	fs.StringVar(&c.RedisURL, "redis-url", "", "registry: redis://[:password@]host:port/db or rediss:// for TLS; empty = JetStream KV on the NATS server (laptops)")
-	fs.StringVar(&c.Namespace, "registry-namespace", "flvcdn", "prefix of registry keys")
-	fs.StringVar(&c.ID, "id", conf.DefaultID(), "edge id (default: POD_NAME, else hostname)")
+	c.Register(fs, "edge")
 	fs.StringVar(&c.HTTPAddr, "http-addr", ":8080", "playback, page, /healthz, /readyz and /metrics address")
-	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
-	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.CORSOrigin, "cors-origin", "*", "Access-Control-Allow-Origin for playback; empty disables CORS")
 	fs.DurationVar(&c.DrainGrace, "drain-grace", 10*time.Second, "on SIGTERM, how long viewers keep playing before they are closed")
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", 10*time.Second, "drop a viewer whose socket accepts nothing for this long")
@@ -93,25 +87,7 @@ func parse(args []string) (*Config, error) {
 	return c, nil
 }
 
-func main() {
-	c, err := parse(os.Args[1:])
-	if errors.Is(err, flag.ErrHelp) {
-		return
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "flvcdn-edge:", err)
-		os.Exit(2)
-	}
-	log, err := conf.Logger(c.LogFormat, c.LogLevel)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "flvcdn-edge:", err)
-		os.Exit(2)
-	}
-	if err := run(c, log); err != nil {
-		log.Error("edge stopped", "err", err)
-		os.Exit(1)
-	}
-}
+func main() { conf.Main("flvcdn-edge", parse, run) }
 
 func run(c *Config, log *slog.Logger) error {
 	sigs, stopSigs := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -137,7 +113,7 @@ func run(c *Config, log *slog.Logger) error {
 	var draining atomic.Bool
 	mux := http.NewServeMux()
 	health.Register(mux, map[string]health.Check{
-		"nats":     func(context.Context) error { return natsUp(nc.IsConnected()) },
+		"nats":     conf.NATSCheck(nc.IsConnected),
 		"registry": store.Ping,
 		"draining": func(context.Context) error {
 			if draining.Load() {
@@ -171,7 +147,7 @@ func run(c *Config, log *slog.Logger) error {
 		}
 		close(errc)
 	}()
-	log.Info("edge ready", "id", c.ID, "http", ln.Addr().String(), "registry", registryKind(c.RedisURL), "nats", nc.ConnectedUrlRedacted())
+	log.Info("edge ready", "id", c.ID, "http", ln.Addr().String(), "registry", c.RegistryKind(), "nats", nc.ConnectedUrlRedacted())
 
 	select {
 	case <-sigs.Done():
@@ -196,18 +172,4 @@ func run(c *Config, log *slog.Logger) error {
 	cancel()
 	hub.Wait()
 	return err
-}
-
-func natsUp(ok bool) error {
-	if !ok {
-		return errors.New("not connected")
-	}
-	return nil
-}
-
-func registryKind(url string) string {
-	if url == "" {
-		return "nats-kv"
-	}
-	return "redis"
 }

@@ -28,14 +28,9 @@ import (
 
 // Config is every setting of the origin; each flag is also FLVCDN_<NAME>.
 type Config struct {
-	NATS          bus.ConnOptions
-	RedisURL      string
-	Namespace     string
-	ID            string
+	conf.Common
 	HTTPAddr      string
 	RTMPAddr      string
-	LogFormat     string
-	LogLevel      string
 	PublishSecret string
 	Sources       conf.Multi
 	EmbeddedNATS  string
@@ -51,21 +46,21 @@ type Config struct {
 	JanitorSel    string
 }
 
-func parse(args []string) (*Config, error) {
+// parse reads the settings and validates them, naming the setting that is wrong.
+func parse(args []string) (*Config, *conf.Common, error) {
+	c, err := parseConfig(args)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, &c.Common, nil
+}
+
+func parseConfig(args []string) (*Config, error) {
 	c := &Config{}
 	fs := flag.NewFlagSet("flvcdn-origin", flag.ContinueOnError)
-	fs.StringVar(&c.NATS.URL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
-	fs.StringVar(&c.NATS.CredsFile, "nats-creds", "", "NATS credentials file")
-	fs.StringVar(&c.NATS.User, "nats-user", "", "NATS user")
-	fs.StringVar(&c.NATS.Password, "nats-password", "", "NATS password")
-	fs.StringVar(&c.NATS.TLSCA, "nats-tls-ca", "", "CA file to verify the NATS server's TLS certificate")
-	fs.StringVar(&c.RedisURL, "redis-url", "", "registry: redis://[:password@]host:port/db or rediss:// for TLS; empty = JetStream KV on the NATS server (laptops)")
-	fs.StringVar(&c.Namespace, "registry-namespace", "flvcdn", "prefix of registry keys")
-	fs.StringVar(&c.ID, "id", conf.DefaultID(), "origin id (default: POD_NAME, else hostname)")
+	c.Register(fs, "origin")
 	fs.StringVar(&c.HTTPAddr, "http-addr", ":8081", "address of /healthz, /readyz and /metrics")
 	fs.StringVar(&c.RTMPAddr, "rtmp-addr", ":1935", "RTMP listen address")
-	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
-	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.PublishSecret, "publish-secret", "", "when set, publishers need ?key=hex(HMAC-SHA256(secret, \"app/stream\"))")
 	fs.Var(&c.Sources, "source", "loop a recorded file as a live stream: app/stream=file.flv (repeatable)")
 	fs.StringVar(&c.EmbeddedNATS, "embedded-nats", "", "start an in-process NATS server (with JetStream) on this address and use it")
@@ -102,25 +97,7 @@ func parse(args []string) (*Config, error) {
 	return c, nil
 }
 
-func main() {
-	c, err := parse(os.Args[1:])
-	if errors.Is(err, flag.ErrHelp) {
-		return
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "flvcdn-origin:", err)
-		os.Exit(2)
-	}
-	log, err := conf.Logger(c.LogFormat, c.LogLevel)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "flvcdn-origin:", err)
-		os.Exit(2)
-	}
-	if err := run(c, log); err != nil {
-		log.Error("origin stopped", "err", err)
-		os.Exit(1)
-	}
-}
+func main() { conf.Main("flvcdn-origin", parse, run) }
 
 func run(c *Config, log *slog.Logger) error {
 	sigs, stopSigs := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -180,7 +157,7 @@ func run(c *Config, log *slog.Logger) error {
 	}
 	mux := http.NewServeMux()
 	health.Register(mux, map[string]health.Check{
-		"nats":     func(context.Context) error { return natsUp(nc.IsConnected()) },
+		"nats":     conf.NATSCheck(nc.IsConnected),
 		"registry": store.Ping,
 		"draining": func(context.Context) error {
 			if o.Draining() {
@@ -218,7 +195,7 @@ func run(c *Config, log *slog.Logger) error {
 		goRun(func() error { return runJanitor(ctx, c, store, log) })
 	}
 	log.Info("origin ready", "id", c.ID, "rtmp", rtmpLn.Addr().String(), "http", httpLn.Addr().String(),
-		"registry", registryKind(c.RedisURL), "nats", nc.ConnectedUrlRedacted())
+		"registry", c.RegistryKind(), "nats", nc.ConnectedUrlRedacted())
 	for _, src := range sources {
 		log.Info("looping file as live stream", "stream", src.Name, "file", src.Path)
 	}
@@ -245,20 +222,6 @@ func waitPublishers(o *origin.Origin, grace time.Duration, sources []*origin.Fil
 	for o.Streams() > len(sources) && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond) // a poll with a deadline, not a guess
 	}
-}
-
-func natsUp(ok bool) error {
-	if !ok {
-		return errors.New("not connected")
-	}
-	return nil
-}
-
-func registryKind(url string) string {
-	if url == "" {
-		return "nats-kv"
-	}
-	return "redis"
 }
 
 // ingest adapts *origin.Origin to rtmp.Ingest.
