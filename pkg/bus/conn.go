@@ -79,6 +79,11 @@ func StartEmbedded(addr, dir string) (*Embedded, error) {
 	}
 	if p == 0 {
 		p = server.RANDOM_PORT
+	} else if ln, err := net.Listen("tcp", addr); err != nil {
+		// The server only logs why it cannot listen; say it here.
+		return nil, fmt.Errorf("embedded NATS: %w", err)
+	} else {
+		ln.Close()
 	}
 	srv, err := server.NewServer(&server.Options{
 		Host: host, Port: p, JetStream: true, StoreDir: dir,
