@@ -31,6 +31,7 @@ type Config struct {
 	HTTPAddr     string
 	CORSOrigin   string
 	PlaySecret   string
+	SendBuffer   int
 	DrainGrace   time.Duration
 	WriteTimeout time.Duration
 	Hub          edge.Config
@@ -53,6 +54,7 @@ func parseConfig(args []string) (*Config, error) {
 	fs.StringVar(&c.CORSOrigin, "cors-origin", "*", "Access-Control-Allow-Origin for playback; empty disables CORS")
 	fs.DurationVar(&c.DrainGrace, "drain-grace", 10*time.Second, "on SIGTERM, how long viewers keep playing before they are closed")
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", 10*time.Second, "drop a viewer whose socket accepts nothing for this long")
+	fs.IntVar(&c.SendBuffer, "send-buffer", 128<<10, "SO_SNDBUF of viewer sockets in bytes, so the lag policy sees a slow viewer's backlog (0 = kernel autotuning)")
 	fs.DurationVar(&c.Hub.Linger, "linger", 10*time.Second, "keep pulling a stream this long after its last viewer left")
 	fs.DurationVar(&c.Hub.Grace, "grace", 10*time.Second, "keep viewers connected this long after the publisher left")
 	fs.DurationVar(&c.Hub.MergeWindow, "merge-window", 50*time.Millisecond, "release queued tags to each viewer at most once per window (CPU vs latency)")
@@ -77,6 +79,9 @@ func parseConfig(args []string) (*Config, error) {
 		if d.v <= 0 {
 			return nil, fmt.Errorf("%s %s: must be positive", d.name, d.v)
 		}
+	}
+	if c.SendBuffer < 0 {
+		return nil, fmt.Errorf("--send-buffer %d: must not be negative", c.SendBuffer)
 	}
 	if c.Hub.MaxViewers < 0 || c.Hub.MaxViewersPerStream < 0 {
 		return nil, errors.New("--max-viewers and --max-viewers-per-stream must not be negative")
@@ -108,7 +113,7 @@ func run(c *Config, log *slog.Logger) error {
 	defer store.Close()
 
 	hub := edge.NewHub(ctx, c.Hub, nc, store, log)
-	flv := &httpflv.Server{Hub: hub, Log: log, CORSOrigin: c.CORSOrigin, WriteTimeout: c.WriteTimeout, PlaySecret: c.PlaySecret}
+	flv := &httpflv.Server{Hub: hub, Log: log, CORSOrigin: c.CORSOrigin, WriteTimeout: c.WriteTimeout, PlaySecret: c.PlaySecret, SendBuffer: c.SendBuffer}
 	page := web.Handler()
 	var draining atomic.Bool
 	mux := http.NewServeMux()

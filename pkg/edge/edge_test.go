@@ -447,3 +447,25 @@ func TestViewersEndAfterGrace(t *testing.T) {
 		}
 	}
 }
+
+// A player retrying a stream whose origin died must get a 404 once the claim is
+// gone, not keep a join that can never succeed alive by retrying.
+func TestDeadStreamAnswersNotFoundToRetryingPlayers(t *testing.T) {
+	r := newRig(t, edge.Config{MergeWindow: 5 * time.Millisecond, JoinTimeout: 5 * time.Second, SnapshotTimeout: 200 * time.Millisecond})
+	n, _ := stream.ParseName("live/ghost")
+	// A claim with no origin behind it: the snapshot request is never answered.
+	must(t, r.store.ClaimStream(r.ctx, string(n), registry.Owner{Origin: "dead", Session: "1"}, 800*time.Millisecond))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(r.ctx, 300*time.Millisecond)
+		_, err := r.hub.Watch(ctx, n)
+		cancel()
+		if errors.Is(err, edge.ErrNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still %v 10s after the claim lapsed", err)
+		}
+	}
+	waitFor(t, 5*time.Second, func() bool { return r.hub.Streams() == 0 && r.hub.Viewers() == 0 }, "the failed pull to stop")
+}

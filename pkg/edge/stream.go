@@ -11,6 +11,7 @@ import (
 
 	"github.com/flvcdn/flvcdn/pkg/bus"
 	"github.com/flvcdn/flvcdn/pkg/flv"
+	"github.com/flvcdn/flvcdn/pkg/registry"
 	"github.com/flvcdn/flvcdn/pkg/stream"
 )
 
@@ -52,6 +53,7 @@ type Stream struct {
 	meta       flv.Tag // latest headers of the shown session
 	videoHdr   flv.Tag
 	audioHdr   flv.Tag
+	gone       bool   // the registry has no owner and the stream never started here
 	joinStart  uint64 // ring index new viewers start at, valid when joinOK
 	joinOK     bool
 	snapFlight bool
@@ -166,13 +168,31 @@ func (s *Stream) requestSnapshot() {
 	}
 	s.snapFlight = true
 	nc, subject, timeout := s.hub.nc, bus.SnapshotSubject(string(s.name)), s.hub.cfg.SnapshotTimeout
+	reg, name, ctx := s.hub.reg, string(s.name), s.hub.ctx
 	go func() {
 		snap, err := fetchSnapshot(nc, subject, timeout)
+		if err != nil {
+			// Nobody answered: is there still an owner at all? (The registry is the
+			// truth; an origin that died has its claim lapse or purged.)
+			lctx, cancel := context.WithTimeout(ctx, timeout)
+			if _, lerr := reg.LookupStream(lctx, name); errors.Is(lerr, registry.ErrNotFound) {
+				err = fmt.Errorf("%s: %w", name, ErrNotFound)
+			}
+			cancel()
+		}
 		s.snapDone <- snapAnswer{snap, err} // buffered, one in flight
 	}()
 }
 
 func (s *Stream) onSnapshot(a snapAnswer) {
+	if errors.Is(a.err, ErrNotFound) && !s.live {
+		// The stream ended before this edge could join it: waiting viewers get a 404.
+		for _, w := range s.waiters {
+			w.res <- viewerResult{err: a.err}
+		}
+		s.waiters, s.gone = nil, true
+		return
+	}
 	if a.err != nil {
 		s.retryAt = time.Now().Add(250 * time.Millisecond)
 		return
@@ -310,6 +330,9 @@ func (s *Stream) housekeep(now time.Time) bool {
 		kept = append(kept, w)
 	}
 	s.waiters = kept
+	if s.gone && len(s.waiters) == 0 && s.viewers == 0 {
+		return true
+	}
 	if !s.live && len(s.waiters) == 0 && s.viewers == 0 && now.Sub(s.pullStart) > s.hub.cfg.JoinTimeout {
 		return true // never joined and nobody waits any more
 	}
@@ -367,17 +390,37 @@ func (s *Stream) addViewer(ctx context.Context) (*Viewer, error) {
 	case <-s.done:
 		return nil, errStreamGone
 	case <-ctx.Done():
-		// The actor may still hand us a viewer: release it.
-		go func() {
+		// The request is gone: leave the waiting list, so a dead stream is not kept
+		// alive by players retrying; a viewer handed over meanwhile is released.
+		// Wait until the actor has run the drop: after that, a viewer handed over
+		// before it is already in res (the actor sends synchronously).
+		dropped := make(chan struct{})
+		select {
+		case s.ctl <- func() { s.dropWaiter(res); close(dropped) }:
 			select {
-			case r := <-res:
-				if r.v != nil {
-					r.v.Close()
-				}
+			case <-dropped:
 			case <-s.done:
 			}
-		}()
+		case <-s.done:
+		}
+		select {
+		case r := <-res:
+			if r.v != nil {
+				r.v.Close()
+			}
+		default:
+		}
 		return nil, ctx.Err()
+	}
+}
+
+// dropWaiter removes a waiter whose request was cancelled (actor only).
+func (s *Stream) dropWaiter(res chan viewerResult) {
+	for i, w := range s.waiters {
+		if w.res == res {
+			s.waiters = append(s.waiters[:i], s.waiters[i+1:]...)
+			return
+		}
 	}
 }
 

@@ -15,8 +15,12 @@ var ErrTooSlow = errors.New("viewer too slow: dropped")
 // audioBacklog is how many tags back an audio-only viewer starts (about 1 s of AAC).
 const audioBacklog = 48
 
-// maxPerWrite bounds one writev (the kernel takes at most 1024 iovecs anyway).
-const maxPerWrite = 1000
+// maxPerWrite and maxBatchBytes bound one writev (the kernel takes at most 1024
+// iovecs anyway); a join burst of a large GOP goes out in several.
+const (
+	maxPerWrite   = 1000
+	maxBatchBytes = 512 << 10
+)
 
 // Viewer is one reader of a stream. Its methods are called from one goroutine (the
 // viewer's writer); it reads the stream's ring through its own cursor, without locks.
@@ -27,6 +31,7 @@ type Viewer struct {
 	pre     [][]byte // FLV header and join tags, sent first
 	lastCh  *chan struct{}
 	skips   []time.Time
+	capped  bool // the last batch stopped at a size cap with more queued
 	once    sync.Once
 }
 
@@ -54,7 +59,8 @@ func (v *Viewer) Next(ctx context.Context, bufs net.Buffers) (net.Buffers, error
 	n0 := len(bufs) // the caller may reserve slots (a chunk header)
 	for {
 		ch := v.s.notify.Load()
-		if ch != v.lastCh {
+		// A new window, or the rest of a batch that hit its size cap.
+		if ch != v.lastCh || v.cursor < v.s.ring.head.Load() && v.started && v.capped {
 			v.lastCh = ch
 			var err error
 			if bufs, err = v.collect(bufs); err != nil || len(bufs) > n0 {
@@ -109,14 +115,17 @@ func (v *Viewer) collect(bufs net.Buffers) (net.Buffers, error) {
 			return bufs, err
 		}
 	}
-	for n := 0; v.cursor < head && n < maxPerWrite; n++ {
+	n, size := 0, 0
+	for ; v.cursor < head && n < maxPerWrite && size < maxBatchBytes; n++ {
 		e := r.at(v.cursor)
 		if e == nil {
 			break // overwritten while we read: the next call skips
 		}
 		bufs = append(bufs, e.tag)
+		size += len(e.tag)
 		v.cursor++
 	}
+	v.capped = v.cursor < head && (n >= maxPerWrite || size >= maxBatchBytes)
 	return bufs, nil
 }
 

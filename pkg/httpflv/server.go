@@ -37,6 +37,10 @@ type Server struct {
 	CORSOrigin string
 	// WriteTimeout bounds every write to a viewer. Default 10s.
 	WriteTimeout time.Duration
+	// SendBuffer sets SO_SNDBUF on viewer sockets. Left to autotuning, Linux grows
+	// it to megabytes, which hides a slow viewer's backlog from the edge's lag policy
+	// (and costs kernel memory per viewer). 0 = kernel default.
+	SendBuffer int
 	// PlaySecret, when set, requires signed URLs: ?expires=UNIX&sig=HEX (stream.SignPlay).
 	PlaySecret string
 }
@@ -163,6 +167,9 @@ func (s *Server) serveHijacked(ctx context.Context, hdr http.Header, hj http.Hij
 		return
 	}
 	defer conn.Close()
+	if tc, ok := conn.(*net.TCPConn); ok && s.SendBuffer > 0 {
+		_ = tc.SetWriteBuffer(s.SendBuffer)
+	}
 	var head strings.Builder
 	head.WriteString("HTTP/1.1 200 OK\r\n")
 	hdr.Set("Transfer-Encoding", "chunked")
@@ -202,10 +209,18 @@ func (s *Server) serveHijacked(ctx context.Context, hdr http.Header, hj http.Hij
 	}
 }
 
+// write sends bufs in one writev when the socket takes them. WriteTimeout is how
+// long the viewer may accept nothing: a slow reader that makes progress is not cut
+// off here (the lag policy in package edge deals with it).
 func (s *Server) write(conn net.Conn, bufs net.Buffers) error {
-	_ = conn.SetWriteDeadline(time.Now().Add(s.writeTimeout()))
-	_, err := bufs.WriteTo(conn)
-	return err
+	for {
+		_ = conn.SetWriteDeadline(time.Now().Add(s.writeTimeout()))
+		n, err := bufs.WriteTo(conn) // consumes what was written
+		var ne net.Error
+		if err == nil || !errors.As(err, &ne) || !ne.Timeout() || n == 0 {
+			return err
+		}
+	}
 }
 
 func (s *Server) writeTimeout() time.Duration {

@@ -266,22 +266,33 @@ func (o *Origin) heartbeat(ctx context.Context) {
 		o.log.Warn("liveness record not written", "err", err)
 	}
 	for _, s := range list {
-		err := o.reg.RefreshStream(ctx, string(s.name), s.owner(), o.cfg.TTL)
-		if errors.Is(err, registry.ErrNotOwner) {
-			err = o.reg.ClaimStream(ctx, string(s.name), s.owner(), o.cfg.TTL)
-			if err == nil {
-				o.log.Info("stream claim restored", "stream", s.name)
-				o.event(ctx, registry.EventPublish, s)
-				continue
-			}
+		o.refresh(ctx, s)
+	}
+}
+
+// refresh keeps one claim alive. It holds the stream's claim lock so that a Close
+// running at the same time cannot be followed by a re-claim of the closed session.
+func (o *Origin) refresh(ctx context.Context, s *Stream) {
+	s.claimMu.Lock()
+	defer s.claimMu.Unlock()
+	if s.isClosed() {
+		return
+	}
+	err := o.reg.RefreshStream(ctx, string(s.name), s.owner(), o.cfg.TTL)
+	if errors.Is(err, registry.ErrNotOwner) {
+		err = o.reg.ClaimStream(ctx, string(s.name), s.owner(), o.cfg.TTL)
+		if err == nil {
+			o.log.Info("stream claim restored", "stream", s.name)
+			o.event(ctx, registry.EventPublish, s)
+			return
 		}
-		switch {
-		case errors.Is(err, registry.ErrTaken):
-			o.log.Warn("stream claimed elsewhere: disconnecting publisher", "stream", s.name)
-			s.kick()
-		case err != nil:
-			o.log.Warn("stream claim not refreshed", "stream", s.name, "err", err)
-		}
+	}
+	switch {
+	case errors.Is(err, registry.ErrTaken):
+		o.log.Warn("stream claimed elsewhere: disconnecting publisher", "stream", s.name)
+		s.kick()
+	case err != nil:
+		o.log.Warn("stream claim not refreshed", "stream", s.name, "err", err)
 	}
 }
 

@@ -26,6 +26,7 @@ type Stream struct {
 	timeline flv.Timeline
 	snapSub  *nats.Subscription
 
+	claimMu   sync.Mutex // serialises Close with heartbeat refreshes of the claim
 	kickOnce  sync.Once
 	kicked    chan struct{}
 	closedCh  chan struct{} // closed by Close
@@ -207,8 +208,16 @@ func (s *Stream) answerSnapshot(m *nats.Msg) {
 	snapshotsServed.Inc()
 }
 
+func (s *Stream) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
 // Close ends the session: edges are told the publisher left, the claim is released.
 func (s *Stream) Close(ctx context.Context) {
+	s.claimMu.Lock()
+	defer s.claimMu.Unlock()
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
