@@ -113,7 +113,7 @@ func run(c *Config, log *slog.Logger) error {
 	defer store.Close()
 
 	hub := edge.NewHub(ctx, c.Hub, nc, store, log)
-	flv := &httpflv.Server{Hub: hub, Log: log, CORSOrigin: c.CORSOrigin, WriteTimeout: c.WriteTimeout, PlaySecret: c.PlaySecret, SendBuffer: c.SendBuffer}
+	flv := &httpflv.Server{Hub: hub, Log: log, CORSOrigin: c.CORSOrigin, WriteTimeout: c.WriteTimeout, PlaySecret: c.PlaySecret, SendBuffer: c.SendBuffer, BaseContext: ctx}
 	page := web.Handler()
 	var draining atomic.Bool
 	mux := http.NewServeMux()
@@ -176,5 +176,6 @@ func run(c *Config, log *slog.Logger) error {
 	}
 	cancel()
 	hub.Wait()
+	flv.Wait() // viewers got their last bytes (and a clean end of stream)
 	return err
 }

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -41,8 +42,14 @@ type Server struct {
 	// it to megabytes, which hides a slow viewer's backlog from the edge's lag policy
 	// (and costs kernel memory per viewer). 0 = kernel default.
 	SendBuffer int
+	// BaseContext bounds viewer writers, which outlive their HTTP handler (the
+	// handler returns after taking the connection over). Default: never ends;
+	// viewers then end with their stream.
+	BaseContext context.Context
 	// PlaySecret, when set, requires signed URLs: ?expires=UNIX&sig=HEX (stream.SignPlay).
 	PlaySecret string
+
+	writers sync.WaitGroup
 }
 
 var (
@@ -122,16 +129,48 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, name, err)
 		return
 	}
-	defer v.Close()
 	setFLVHeaders(h)
 	if r.ProtoAtLeast(1, 1) && r.ProtoMajor == 1 {
 		if hj, ok := w.(http.Hijacker); ok {
-			s.serveHijacked(r.Context(), h.Clone(), hj, v, name)
+			s.hijack(h.Clone(), hj, v, name)
 			return
 		}
 	}
+	defer v.Close()
 	s.serveFlushed(r, w, v, name)
 }
+
+// hijack takes the connection over from net/http and hands it to a writer
+// goroutine, so that the handler returns and net/http's per-connection state
+// (buffers, request, the serve goroutine's stack: ~25 KB) is freed. The writer
+// belongs to the Server: it ends with the stream, the viewer's socket, or
+// BaseContext, and Wait joins it.
+func (s *Server) hijack(hdr http.Header, hj http.Hijacker, v *edge.Viewer, name stream.Name) {
+	conn, _, err := hj.Hijack() // the buffered reader/writer are not used again
+	if err != nil {
+		v.Close()
+		s.Log.Warn("hijack failed", "err", err)
+		return
+	}
+	if tc, ok := conn.(*net.TCPConn); ok && s.SendBuffer > 0 {
+		_ = tc.SetWriteBuffer(s.SendBuffer)
+	}
+	ctx := s.BaseContext
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	s.writers.Add(1)
+	go func() {
+		defer s.writers.Done()
+		defer v.Close()
+		defer conn.Close()
+		s.serveConn(ctx, &viewerConn{Conn: conn, timeout: s.writeTimeout()}, hdr, v, name)
+	}()
+}
+
+// Wait blocks until every viewer writer has finished (after BaseContext ends or
+// the streams stop).
+func (s *Server) Wait() { s.writers.Wait() }
 
 func setFLVHeaders(h http.Header) {
 	h.Set("Content-Type", "video/x-flv")
@@ -156,27 +195,16 @@ func (s *Server) refuse(w http.ResponseWriter, name stream.Name, err error) {
 	}
 }
 
-// serveHijacked writes the response itself so that a viewer's queued tags leave in
+// serveConn writes the response itself so that a viewer's queued tags leave in
 // one writev: chunk size line, the shared tag slices, CRLF.
-func (s *Server) serveHijacked(ctx context.Context, hdr http.Header, hj http.Hijacker, v *edge.Viewer, name stream.Name) {
-	// The buffered reader and writer are not used: the request has no body and
-	// responses go out with writev. Dropping them frees 8 KB per viewer.
-	conn, _, err := hj.Hijack()
-	if err != nil {
-		s.Log.Warn("hijack failed", "err", err)
-		return
-	}
-	defer conn.Close()
-	if tc, ok := conn.(*net.TCPConn); ok && s.SendBuffer > 0 {
-		_ = tc.SetWriteBuffer(s.SendBuffer)
-	}
+func (s *Server) serveConn(ctx context.Context, conn *viewerConn, hdr http.Header, v *edge.Viewer, name stream.Name) {
 	var head strings.Builder
 	head.WriteString("HTTP/1.1 200 OK\r\n")
 	hdr.Set("Transfer-Encoding", "chunked")
 	hdr.Set("Connection", "close")
 	_ = hdr.Write(&head)
 	head.WriteString("\r\n")
-	if err := s.write(conn, net.Buffers{[]byte(head.String())}); err != nil {
+	if err := conn.write(net.Buffers{[]byte(head.String())}); err != nil {
 		return
 	}
 	backing := make(net.Buffers, 0, 64)
@@ -196,7 +224,7 @@ func (s *Server) serveHijacked(ctx context.Context, hdr http.Header, hj http.Hij
 			if cap(bufs) > cap(backing) {
 				backing = bufs[:0]
 			}
-			if werr := s.write(conn, bufs); werr != nil {
+			if werr := conn.write(bufs); werr != nil {
 				s.dropped(name, werr)
 				return
 			}
@@ -209,17 +237,29 @@ func (s *Server) serveHijacked(ctx context.Context, hdr http.Header, hj http.Hij
 	}
 }
 
-// write sends bufs in one writev when the socket takes them. WriteTimeout is how
+// viewerConn is a hijacked viewer connection with its write deadline.
+type viewerConn struct {
+	net.Conn
+	timeout time.Duration
+	until   time.Time
+}
+
+// write sends bufs in one writev when the socket takes them. The timeout is how
 // long the viewer may accept nothing: a slow reader that makes progress is not cut
-// off here (the lag policy in package edge deals with it).
-func (s *Server) write(conn net.Conn, bufs net.Buffers) error {
+// off here (the lag policy in package edge deals with it). The deadline is moved
+// about once a second rather than on every write: it costs a timer update.
+func (c *viewerConn) write(bufs net.Buffers) error {
 	for {
-		_ = conn.SetWriteDeadline(time.Now().Add(s.writeTimeout()))
-		n, err := bufs.WriteTo(conn) // consumes what was written
+		if time.Until(c.until) < c.timeout-time.Second {
+			c.until = time.Now().Add(c.timeout)
+			_ = c.SetWriteDeadline(c.until)
+		}
+		n, err := bufs.WriteTo(c.Conn) // consumes what was written
 		var ne net.Error
 		if err == nil || !errors.As(err, &ne) || !ne.Timeout() || n == 0 {
 			return err
 		}
+		c.until = time.Time{} // progress was made: a fresh deadline
 	}
 }
 
@@ -241,9 +281,9 @@ func (s *Server) dropped(name stream.Name, err error) {
 }
 
 // finish ends the response: a clean terminating chunk when the stream ended.
-func (s *Server) finish(conn net.Conn, name stream.Name, err error) {
-	if errors.Is(err, io.EOF) {
-		_ = s.write(conn, net.Buffers{[]byte("0\r\n\r\n")})
+func (s *Server) finish(conn *viewerConn, name stream.Name, err error) {
+	if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) { // stream over, or edge shutting down
+		_ = conn.write(net.Buffers{[]byte("0\r\n\r\n")})
 		return
 	}
 	if errors.Is(err, edge.ErrTooSlow) {
