@@ -57,7 +57,7 @@ func parseConfig(args []string) (*Config, error) {
 	fs.IntVar(&c.SendBuffer, "send-buffer", 128<<10, "SO_SNDBUF of viewer sockets in bytes, so the lag policy sees a slow viewer's backlog (0 = kernel autotuning)")
 	fs.DurationVar(&c.Hub.Linger, "linger", 10*time.Second, "keep pulling a stream this long after its last viewer left")
 	fs.DurationVar(&c.Hub.Grace, "grace", 10*time.Second, "keep viewers connected this long after the publisher left")
-	fs.DurationVar(&c.Hub.MergeWindow, "merge-window", 50*time.Millisecond, "release queued tags to each viewer at most once per window (CPU vs latency)")
+	fs.DurationVar(&c.Hub.MergeWindow, "merge-window", 60*time.Millisecond, "release queued tags to each viewer at most once per window (CPU vs latency)")
 	fs.IntVar(&c.Hub.MaxLagBytes, "max-lag-bytes", 4<<20, "a viewer this far behind skips to the next keyframe")
 	fs.IntVar(&c.Hub.MaxSkips, "max-skips", 3, "drop a viewer after this many skips within 30s")
 	fs.IntVar(&c.Hub.MaxViewers, "max-viewers", 0, "most viewers on this edge; more get 503 (0 = no limit)")

@@ -60,10 +60,10 @@ func parseFlags(args []string) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	viewers := fs.String("viewers", "100,500,1000,2000", "viewer counts N, one step each")
-	windows := fs.String("merge-windows", "10ms,50ms,100ms", "merge windows compared at --mw-viewers (empty: skip that table)")
+	windows := fs.String("merge-windows", "10ms,30ms,60ms,100ms", "merge windows compared at --mw-viewers (empty: skip that table)")
 	fs.DurationVar(&c.duration, "duration", 20*time.Second, "measurement window per step, after warm-up")
 	fs.DurationVar(&c.warmup, "warmup", 5*time.Second, "time between the last viewer connecting and the window")
-	fs.DurationVar(&c.mergeWindow, "merge-window", 50*time.Millisecond, "edge --merge-window for the per-N steps")
+	fs.DurationVar(&c.mergeWindow, "merge-window", 60*time.Millisecond, "edge --merge-window for the per-N steps")
 	fs.IntVar(&c.mwViewers, "mw-viewers", 1000, "N for the merge-window table")
 	fs.IntVar(&c.sampleViewers, "sample-viewers", 20, "viewers per step that parse tags to measure latency (the rest discard)")
 	fs.IntVar(&c.latencySamples, "latency-samples", 60, "first-keyframe samples, warm and cold each")
