@@ -38,15 +38,7 @@ type Config struct {
 }
 
 // parse reads the settings and validates them, naming the setting that is wrong.
-func parse(args []string) (*Config, *conf.Common, error) {
-	c, err := parseConfig(args)
-	if err != nil {
-		return nil, nil, err
-	}
-	return c, &c.Common, nil
-}
-
-func parseConfig(args []string) (*Config, error) {
+func parse(args []string) (*Config, error) {
 	c := &Config{}
 	fs := flag.NewFlagSet("flvcdn-edge", flag.ContinueOnError)
 	c.Register(fs, "edge")

@@ -36,6 +36,10 @@ func (c *Common) Register(fs *flag.FlagSet, role string) {
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 }
 
+// Settings returns the shared settings; binaries' Config structs embed Common, so
+// they have this method too.
+func (c *Common) Settings() *Common { return c }
+
 // RegistryKind names the registry backend a --redis-url selects, for logs.
 func (c *Common) RegistryKind() string {
 	if c.RedisURL == "" {
@@ -46,14 +50,14 @@ func (c *Common) RegistryKind() string {
 
 // Main is the whole main() of a binary: parse the settings (exit 2 naming the bad
 // one), build the logger, run (exit 1 on failure).
-func Main[C any](name string, parse func([]string) (C, *Common, error), run func(C, *slog.Logger) error) {
-	cfg, common, err := parse(os.Args[1:])
+func Main[C interface{ Settings() *Common }](name string, parse func([]string) (C, error), run func(C, *slog.Logger) error) {
+	cfg, err := parse(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		return
 	}
 	if err == nil {
 		var log *slog.Logger
-		if log, err = Logger(common.LogFormat, common.LogLevel); err == nil {
+		if log, err = Logger(cfg.Settings().LogFormat, cfg.Settings().LogLevel); err == nil {
 			if err := run(cfg, log); err != nil {
 				log.Error(name+" stopped", "err", err)
 				os.Exit(1)
