@@ -119,6 +119,14 @@ NATS URL and the Redis URL. Credentials only ever come from Secrets.
 - name: FLVCDN_NATS_URL
   value: {{ required "nats.external.url or nats.external.existingSecret is required when nats.enabled is false" .Values.nats.external.url | quote }}
 {{- end }}
+{{- if and (not .Values.nats.enabled) .Values.nats.external.credsSecret }}
+- name: FLVCDN_NATS_CREDS
+  value: /etc/flvcdn/nats-creds/{{ .Values.nats.external.credsSecretKey }}
+{{- end }}
+{{- if and (not .Values.nats.enabled) .Values.nats.external.tlsCASecret }}
+- name: FLVCDN_NATS_TLS_CA
+  value: /etc/flvcdn/nats-ca/{{ .Values.nats.external.tlsCASecretKey }}
+{{- end }}
 {{- if .Values.redis.enabled }}
 - name: REDIS_PASSWORD
   valueFrom:
@@ -199,5 +207,35 @@ Call with (dict "ctx" $ "var" "EDGE" "component" "edge" "svc" .Values.edge.servi
 {{- else }}
 kubectl port-forward -n {{ $ns }} svc/{{ $name }} {{ .local }}:{{ .svc.port }} &
 {{ .var }}=127.0.0.1:{{ .local }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Read-only mounts of the external NATS credentials and CA Secrets, for both
+Deployments: natsMounts goes under volumeMounts, natsVolumes under volumes.
+*/}}
+{{- define "flvcdn.natsMounts" -}}
+{{- if and (not .Values.nats.enabled) .Values.nats.external.credsSecret }}
+- name: nats-creds
+  mountPath: /etc/flvcdn/nats-creds
+  readOnly: true
+{{- end }}
+{{- if and (not .Values.nats.enabled) .Values.nats.external.tlsCASecret }}
+- name: nats-ca
+  mountPath: /etc/flvcdn/nats-ca
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "flvcdn.natsVolumes" -}}
+{{- if and (not .Values.nats.enabled) .Values.nats.external.credsSecret }}
+- name: nats-creds
+  secret:
+    secretName: {{ .Values.nats.external.credsSecret }}
+{{- end }}
+{{- if and (not .Values.nats.enabled) .Values.nats.external.tlsCASecret }}
+- name: nats-ca
+  secret:
+    secretName: {{ .Values.nats.external.tlsCASecret }}
 {{- end }}
 {{- end -}}
