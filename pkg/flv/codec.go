@@ -59,13 +59,6 @@ const (
 	audioExSequenceStrt = 0
 )
 
-// FourCC values of enhanced RTMP video.
-var (
-	FourCCHEVC = [4]byte{'h', 'v', 'c', '1'}
-	FourCCAV1  = [4]byte{'a', 'v', '0', '1'}
-	FourCCVP9  = [4]byte{'v', 'p', '0', '9'}
-	FourCCAVC  = [4]byte{'a', 'v', 'c', '1'}
-)
 
 // Classify tells what role a tag body of the given type plays. Unknown codecs and
 // malformed bodies are KindOther: they pass through untouched.
@@ -146,26 +139,6 @@ func classifyAudio(b []byte) Kind {
 	return KindOther
 }
 
-// VideoFourCC returns the codec of a video tag body: the enhanced FourCC, or a
-// FourCC standing for the legacy codec id (avc1, hvc1), or zero when unknown.
-func VideoFourCC(b []byte) [4]byte {
-	if len(b) < 1 {
-		return [4]byte{}
-	}
-	if b[0]&videoExHeaderBit != 0 {
-		if len(b) < 5 {
-			return [4]byte{}
-		}
-		return [4]byte{b[1], b[2], b[3], b[4]}
-	}
-	switch b[0] & 0x0F {
-	case VideoAVC:
-		return FourCCAVC
-	case VideoHEVC:
-		return FourCCHEVC
-	}
-	return [4]byte{}
-}
 
 // isOnMetaData reports whether a script body starts with the AMF0 string "onMetaData".
 func isOnMetaData(b []byte) bool {

@@ -63,10 +63,3 @@ func (t *Timeline) Map(raw uint32) uint32 {
 	return uint32(out)
 }
 
-// Last returns the last output timestamp (Start before any tag).
-func (t *Timeline) Last() uint32 {
-	if !t.started {
-		return t.Start
-	}
-	return uint32(t.lastOut)
-}
