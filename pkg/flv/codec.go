@@ -59,7 +59,6 @@ const (
 	audioExSequenceStrt = 0
 )
 
-
 // Classify tells what role a tag body of the given type plays. Unknown codecs and
 // malformed bodies are KindOther: they pass through untouched.
 func Classify(typ byte, body []byte) Kind {
@@ -138,7 +137,6 @@ func classifyAudio(b []byte) Kind {
 	}
 	return KindOther
 }
-
 
 // isOnMetaData reports whether a script body starts with the AMF0 string "onMetaData".
 func isOnMetaData(b []byte) bool {

@@ -62,4 +62,3 @@ func (t *Timeline) Map(raw uint32) uint32 {
 	t.lastOut = out
 	return uint32(out)
 }
-
