@@ -104,7 +104,10 @@ func run(c *Config, log *slog.Logger) error {
 	}
 	defer store.Close()
 
-	hub := edge.NewHub(ctx, c.Hub, nc, store, log)
+	hub, err := edge.NewHub(ctx, c.Hub, bus.NewSubscriber(nc), store, log)
+	if err != nil {
+		return err
+	}
 	flv := &httpflv.Server{Hub: hub, Log: log, CORSOrigin: c.CORSOrigin, WriteTimeout: c.WriteTimeout, PlaySecret: c.PlaySecret, SendBuffer: c.SendBuffer, BaseContext: ctx}
 	page := web.Handler()
 	var draining atomic.Bool

@@ -126,7 +126,11 @@ func run(c *Config, log *slog.Logger) error {
 		log.Warn("publishing is open to anyone: set --publish-secret to require keys")
 	}
 
-	o, err := origin.New(origin.Config{ID: c.ID, Addr: c.RTMPAddr, TTL: c.TTL, PublishSecret: c.PublishSecret, MaxPublishers: c.MaxPublishers}, nc, store, log)
+	pub, err := bus.NewPublisher(nc, c.ID, log)
+	if err != nil {
+		return err
+	}
+	o, err := origin.New(ctx, origin.Config{ID: c.ID, Addr: c.RTMPAddr, TTL: c.TTL, PublishSecret: c.PublishSecret, MaxPublishers: c.MaxPublishers}, pub, store, log)
 	if err != nil {
 		return err
 	}
@@ -205,6 +209,7 @@ func run(c *Config, log *slog.Logger) error {
 	defer done()
 	_ = hs.Shutdown(shutdown)
 	wg.Wait()
+	o.Wait()
 	return err
 }
 

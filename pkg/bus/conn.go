@@ -100,6 +100,30 @@ func StartEmbedded(addr, dir string) (*Embedded, error) {
 	return &Embedded{srv: srv}, nil
 }
 
+// StartInProcess starts a NATS server that listens on no socket, for tests that
+// want the real server's semantics without the network: connect with Connect.
+func StartInProcess() (*Embedded, error) {
+	srv, err := server.NewServer(&server.Options{DontListen: true, MaxPayload: 8 << 20, NoSigs: true, NoLog: true})
+	if err != nil {
+		return nil, fmt.Errorf("in-process NATS: %w", err)
+	}
+	go srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		srv.Shutdown()
+		return nil, fmt.Errorf("in-process NATS did not start")
+	}
+	return &Embedded{srv: srv}, nil
+}
+
+// Connect opens a client connection to the embedded server in process.
+func (e *Embedded) Connect(name string) (*nats.Conn, error) {
+	nc, err := nats.Connect("", nats.Name(name), nats.InProcessServer(e.srv))
+	if err != nil {
+		return nil, fmt.Errorf("connect in process: %w", err)
+	}
+	return nc, nil
+}
+
 // URL is the client URL of the embedded server.
 func (e *Embedded) URL() string { return e.srv.ClientURL() }
 

@@ -232,3 +232,6 @@ func (a *Assembler) Add(m Message) (flv.Tag, bool, error) {
 
 // Reset drops any partial tag.
 func (a *Assembler) Reset() { a.buf, a.filled = nil, 0 }
+
+// seqOf reads the sequence number of a message built by this package.
+func seqOf(msg []byte) uint64 { return binary.BigEndian.Uint64(msg[2:10]) }

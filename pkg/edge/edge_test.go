@@ -54,7 +54,11 @@ func newRig(t *testing.T, cfg edge.Config) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o, err := origin.New(origin.Config{ID: "origin-a", TTL: time.Second}, nc, store, log)
+	pub, err := bus.NewPublisher(nc, "origin-a", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := origin.New(ctx, origin.Config{ID: "origin-a", TTL: time.Second}, pub, store, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,8 +69,11 @@ func newRig(t *testing.T, cfg edge.Config) *rig {
 	if cfg.JoinTimeout == 0 {
 		cfg.JoinTimeout, cfg.SnapshotTimeout = 30*time.Second, 10*time.Second
 	}
-	hub := edge.NewHub(ctx, cfg, nc, store, log)
-	t.Cleanup(func() { cancel(); hub.Wait(); <-done })
+	hub, err := edge.NewHub(ctx, cfg, bus.NewSubscriber(nc), store, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); hub.Wait(); o.Wait(); <-done })
 	return &rig{t: t, nc: nc, store: store, origin: o, hub: hub, ctx: ctx}
 }
 

@@ -1,10 +1,12 @@
 // Package edge owns the edge's live streams: one actor per stream that pulls it from
-// NATS on its first viewer (the join protocol), keeps a ring of shared tags and the
-// join point for new viewers, rewrites timestamps once per stream, and stops a linger
-// period after its last viewer leaves. Viewers read the ring through their own cursor.
+// the bus on its first viewer (the join protocol), keeps a ring of shared tags and
+// the join point for new viewers, puts timestamps on one continuous timeline once per
+// stream, and stops a linger period after its last viewer leaves. Viewers read the
+// ring through their own cursor.
 //
-// Tags arrive as NATS message bytes and are never copied here: the same slices are
-// written to every viewer. This package never writes to a socket; package httpflv does.
+// Tags arrive as bus message bytes and are never copied here: the same slices are
+// written to every viewer. This package never talks NATS (package bus does) and
+// never writes to a socket (package httpflv does).
 package edge
 
 import (
@@ -16,15 +18,16 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
+	"github.com/flvcdn/flvcdn/pkg/bus"
 	"github.com/flvcdn/flvcdn/pkg/registry"
 	"github.com/flvcdn/flvcdn/pkg/stream"
 )
 
-// Registry is the part of the registry an edge uses.
+// Registry is the part of the registry an edge uses: lookups, and the change
+// events (origin down, unpublish) that make a stream look again at once.
 type Registry interface {
 	LookupStream(ctx context.Context, stream string) (registry.Owner, error)
+	Events(ctx context.Context) (<-chan registry.Event, error)
 }
 
 // Errors returned by Watch.
@@ -65,6 +68,9 @@ type Config struct {
 	// MaxViewers bounds viewers on this edge; MaxViewersPerStream on one stream (0 = no limit).
 	MaxViewers          int
 	MaxViewersPerStream int
+	// FeedBytes bounds the live bytes buffered per stream between the bus and the
+	// actor; past it messages are lost and the gap repaired with a snapshot. Default 64 MiB.
+	FeedBytes int
 	// MaxSkips drops a viewer that had to skip this many times within SkipWindow. Default 3.
 	MaxSkips int
 	// SkipWindow: see MaxSkips. Default 30s.
@@ -98,7 +104,7 @@ func (c *Config) defaults() {
 // Hub holds the streams this edge is pulling.
 type Hub struct {
 	cfg Config
-	nc  *nats.Conn
+	sub *bus.Subscriber
 	reg Registry
 	log *slog.Logger
 	ctx context.Context
@@ -106,69 +112,99 @@ type Hub struct {
 	mu      sync.Mutex
 	streams map[stream.Name]*Stream
 	wg      sync.WaitGroup
-	viewers atomic.Int64 // across streams, for MaxViewers
+	viewers atomic.Int64 // viewers and reserved joins across streams, for MaxViewers
 }
 
-// NewHub returns a Hub whose stream actors live until ctx ends.
-func NewHub(ctx context.Context, cfg Config, nc *nats.Conn, reg Registry, log *slog.Logger) *Hub {
+// NewHub returns a Hub whose stream actors live until ctx ends. It follows the
+// registry's change events until then.
+func NewHub(ctx context.Context, cfg Config, sub *bus.Subscriber, reg Registry, log *slog.Logger) (*Hub, error) {
 	cfg.defaults()
-	return &Hub{cfg: cfg, nc: nc, reg: reg, log: log, ctx: ctx, streams: map[stream.Name]*Stream{}}
+	h := &Hub{cfg: cfg, sub: sub, reg: reg, log: log, ctx: ctx, streams: map[stream.Name]*Stream{}}
+	events, err := reg.Events(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("edge: registry events: %w", err)
+	}
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		h.followEvents(events)
+	}()
+	return h, nil
+}
+
+// followEvents hands each origin-down or unpublish event to the streams it may
+// concern. Events are hints: a lost one only means the stall timer or a snapshot
+// timeout notices instead.
+func (h *Hub) followEvents(events <-chan registry.Event) {
+	for ev := range events {
+		if ev.Kind != registry.EventOriginDown && ev.Kind != registry.EventUnpublish {
+			continue
+		}
+		h.mu.Lock()
+		var targets []*Stream
+		if ev.Stream != "" {
+			if n, err := stream.ParseName(ev.Stream); err == nil && h.streams[n] != nil {
+				targets = append(targets, h.streams[n])
+			}
+		} else {
+			for _, s := range h.streams {
+				targets = append(targets, s)
+			}
+		}
+		h.mu.Unlock()
+		for _, s := range targets {
+			select {
+			case s.events <- ownerEvent{ev}:
+			case <-s.done:
+			default: // the actor has hints queued already
+			}
+		}
+	}
 }
 
 // Watch returns a viewer of name, pulling the stream if this is its first viewer.
-// It returns ErrNotFound at once for a stream no origin has.
+// It returns ErrNotFound at once for a stream no origin has. However many first
+// viewers arrive together, the stream is looked up and joined once.
 func (h *Hub) Watch(ctx context.Context, name stream.Name) (*Viewer, error) {
 	if h.ctx.Err() != nil {
 		return nil, ErrShuttingDown
 	}
-	if max := h.cfg.MaxViewers; max > 0 && h.viewers.Load() >= int64(max) {
+	// Reserve the edge-wide slot first, so concurrent joins cannot exceed the limit.
+	if n := h.viewers.Add(1); h.cfg.MaxViewers > 0 && n > int64(h.cfg.MaxViewers) {
+		h.viewers.Add(-1)
 		viewerRefused.WithLabelValues("edge-limit").Inc()
-		return nil, fmt.Errorf("edge limit of %d: %w", max, ErrTooManyViewers)
+		return nil, fmt.Errorf("edge limit of %d: %w", h.cfg.MaxViewers, ErrTooManyViewers)
 	}
 	for attempt := 0; attempt < 3; attempt++ {
-		s, err := h.stream(ctx, name)
-		if err != nil {
-			return nil, err
-		}
-		v, err := s.addViewer(ctx)
+		v, err := h.stream(name).addViewer(ctx)
 		if errors.Is(err, errStreamGone) {
 			continue // raced with the actor stopping; start a new one
 		}
+		if err != nil {
+			h.viewers.Add(-1)
+		}
 		return v, err
 	}
+	h.viewers.Add(-1)
 	return nil, fmt.Errorf("%s: %w", name, ErrJoinTimeout)
 }
 
-// stream returns the running actor for name, starting one after checking the registry.
-func (h *Hub) stream(ctx context.Context, name stream.Name) (*Stream, error) {
-	h.mu.Lock()
-	s := h.streams[name]
-	h.mu.Unlock()
-	if s != nil {
-		return s, nil
-	}
-	if _, err := h.reg.LookupStream(ctx, string(name)); err != nil {
-		if errors.Is(err, registry.ErrNotFound) {
-			return nil, ErrNotFound
-		}
-		return nil, fmt.Errorf("lookup %s: %w", name, err)
-	}
+// stream returns the actor for name, starting one (which resolves the stream in the
+// registry itself) when there is none.
+func (h *Hub) stream(name stream.Name) *Stream {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if s := h.streams[name]; s != nil {
-		return s, nil
+		return s
 	}
-	s, err := newStream(h, name)
-	if err != nil {
-		return nil, err
-	}
+	s := newStream(h, name)
 	h.streams[name] = s
 	h.wg.Add(1)
 	go func() {
 		defer h.wg.Done()
 		s.run(h.ctx)
 	}()
-	return s, nil
+	return s
 }
 
 func (h *Hub) remove(s *Stream) {
@@ -179,7 +215,7 @@ func (h *Hub) remove(s *Stream) {
 	h.mu.Unlock()
 }
 
-// Viewers returns how many viewers this edge serves.
+// Viewers returns how many viewers this edge serves (and joins in progress).
 func (h *Hub) Viewers() int { return int(h.viewers.Load()) }
 
 // Streams returns how many streams are being pulled.
@@ -194,12 +230,6 @@ func (h *Hub) Wait() { h.wg.Wait() }
 
 // Exists reports whether some origin has the stream, without pulling it.
 func (h *Hub) Exists(ctx context.Context, name stream.Name) (bool, error) {
-	h.mu.Lock()
-	s := h.streams[name]
-	h.mu.Unlock()
-	if s != nil {
-		return true, nil
-	}
 	_, err := h.reg.LookupStream(ctx, string(name))
 	if errors.Is(err, registry.ErrNotFound) {
 		return false, nil

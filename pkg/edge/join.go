@@ -6,20 +6,9 @@ import (
 )
 
 // seqTag is a tag with its origin sequence number.
-type seqTag struct {
-	seq uint64
-	tag flv.Tag
-}
+type seqTag = bus.Tagged
 
-// snapshot is an origin's answer to a join request.
-type snapshot struct {
-	session bus.Session
-	last    uint64 // last sequence the snapshot covers
-	flags   byte
-	tags    []seqTag // metadata, sequence headers, then the GOP from its keyframe
-}
-
-// joiner is the join protocol's state machine (DESIGN.md, "Join protocol"), kept free
+// joiner is the join protocol's state machine (see the README, "Architecture"), kept free
 // of I/O so it can be tested exhaustively. The stream actor feeds it live messages
 // and snapshots; it says what to deliver and when to ask for a fresh snapshot.
 type joiner struct {
@@ -32,7 +21,6 @@ type joiner struct {
 	ended    bool     // session announced its end
 	last     uint64   // last sequence delivered (or covered) for session
 	pending  []seqMsg // live messages buffered while waiting for a snapshot
-	asm      bus.Assembler
 	// maxPending bounds the buffer; past it the oldest are dropped (a fresh snapshot covers them).
 	maxPending int
 }
@@ -51,20 +39,11 @@ type liveResult struct {
 	ended        bool     // the followed session ended
 }
 
-// onLive handles a decoded live message.
+// onLive handles a live message: a whole tag (the bus reassembled split ones) or
+// an end of stream.
 func (j *joiner) onLive(m bus.Message) liveResult {
 	var r liveResult
 	sm := seqMsg{kind: m.Kind, seq: m.Seq, session: m.Session, tag: m.Tag}
-	if m.Kind == bus.KindFragment {
-		t, done, err := j.asm.Add(m)
-		if err != nil {
-			return j.lose(r)
-		}
-		if !done {
-			return r
-		}
-		sm.kind, sm.tag = bus.KindTag, t
-	}
 	if !j.synced {
 		j.buffer(sm)
 		// A message from another session than the one being joined means the
@@ -94,7 +73,7 @@ func (j *joiner) onLive(m bus.Message) liveResult {
 			r.ended = true
 			return r
 		}
-		r.deliver = append(r.deliver, seqTag{sm.seq, sm.tag})
+		r.deliver = append(r.deliver, seqTag{Seq: sm.seq, Tag: sm.tag})
 		return r
 	default:
 		j.buffer(sm)
@@ -104,7 +83,6 @@ func (j *joiner) onLive(m bus.Message) liveResult {
 
 // lose marks a gap: the stream must be re-synchronised from a snapshot.
 func (j *joiner) lose(r liveResult) liveResult {
-	j.asm.Reset()
 	j.synced = false
 	r.needSnapshot = true
 	return r
@@ -141,14 +119,14 @@ type snapResult struct {
 
 // onSnapshot applies an origin's snapshot. A snapshot of another session than the
 // one being joined is still taken: the owner answers for what is live now.
-func (j *joiner) onSnapshot(s snapshot) snapResult {
+func (j *joiner) onSnapshot(s bus.Snapshot) snapResult {
 	var r snapResult
 	prevLast := j.last
-	r.newSession = !j.anyShown || s.session != j.shown
-	j.shown, j.anyShown = s.session, true
+	r.newSession = !j.anyShown || s.Session != j.shown
+	j.shown, j.anyShown = s.Session, true
 	var gop []seqTag
-	for _, t := range s.tags {
-		switch flv.Classify(t.tag.Type(), t.tag.Body()) {
+	for _, t := range s.Tags {
+		switch flv.Classify(t.Tag.Type(), t.Tag.Body()) {
 		case flv.KindMetadata, flv.KindVideoHeader, flv.KindAudioHeader:
 			r.headers = append(r.headers, t)
 		default:
@@ -158,11 +136,11 @@ func (j *joiner) onSnapshot(s snapshot) snapResult {
 	switch {
 	case r.newSession:
 		r.gop, r.fromKeyframe = gop, true
-	case len(gop) > 0 && gop[0].seq <= prevLast+1:
+	case len(gop) > 0 && gop[0].Seq <= prevLast+1:
 		// The GOP covers everything viewers missed: continue seamlessly.
 		r.headers = nil
 		for _, t := range gop {
-			if t.seq > prevLast {
+			if t.Seq > prevLast {
 				r.gop = append(r.gop, t)
 			}
 		}
@@ -171,12 +149,11 @@ func (j *joiner) onSnapshot(s snapshot) snapResult {
 		r.headers = nil
 		r.gop, r.fromKeyframe = gop, true
 	}
-	j.session, j.synced, j.ended = s.session, true, false
-	j.last = s.last
-	if !r.newSession && prevLast > s.last {
+	j.session, j.synced, j.ended = s.Session, true, false
+	j.last = s.Last
+	if !r.newSession && prevLast > s.Last {
 		j.last = prevLast // a stale snapshot must not make viewers see a tag twice
 	}
-	j.asm.Reset()
 	pending := j.pending
 	j.pending = nil
 	for _, m := range pending {

@@ -19,10 +19,10 @@ func FuzzJoiner(f *testing.F) {
 		var shown bus.Session
 		check := func(sess bus.Session, ts []seqTag) {
 			for _, x := range ts {
-				if sess == shown && x.seq <= lastShown {
-					t.Fatalf("seq %d delivered after %d in session %v", x.seq, lastShown, sess)
+				if sess == shown && x.Seq <= lastShown {
+					t.Fatalf("seq %d delivered after %d in session %v", x.Seq, lastShown, sess)
 				}
-				lastShown, shown = x.seq, sess
+				lastShown, shown = x.Seq, sess
 			}
 		}
 		sessions := []bus.Session{s1, s2}

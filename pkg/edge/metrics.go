@@ -12,6 +12,8 @@ var (
 		Name: "flvcdn_edge_streams", Help: "Streams this edge is pulling."})
 	joinsTotal = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "flvcdn_edge_joins_total", Help: "Snapshots applied (first joins and resyncs)."})
+	ownerEvents = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "flvcdn_edge_owner_events_total", Help: "Registry events (origin down, unpublish) that made a followed stream look its owner up again."})
 	viewerSkips = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "flvcdn_edge_viewer_skips_total", Help: "Times a lagging viewer skipped to a keyframe."})
 	viewerRefused = promauto.NewCounterVec(prometheus.CounterOpts{

@@ -7,8 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/flvcdn/flvcdn/pkg/bus"
 	"github.com/flvcdn/flvcdn/pkg/flv"
 	"github.com/flvcdn/flvcdn/pkg/registry"
@@ -16,6 +14,31 @@ import (
 )
 
 var errStreamGone = errors.New("stream actor stopped")
+
+// state is where a stream actor is in its life. Every transition is in this file.
+//
+//	resolving  asking the registry who owns the stream (once, for all first viewers)
+//	joining    following the live subject, waiting for a snapshot with a start point
+//	live       serving viewers
+//	lingering  live with no viewers; stops after Config.Linger
+//	closed     the actor has exited; Watch starts a new one
+//
+// "The publisher left" is not a state of its own: a live stream keeps serving for
+// Config.Grace after an end of stream (or a silent owner), so that a reconnecting
+// publisher resumes without dropping viewers.
+type state int
+
+const (
+	stateResolving state = iota
+	stateJoining
+	stateLive
+	stateLingering
+	stateClosed
+)
+
+func (s state) String() string {
+	return [...]string{"resolving", "joining", "live", "lingering", "closed"}[s]
+}
 
 // joinPoint is what a new viewer starts from.
 type joinPoint struct {
@@ -26,6 +49,22 @@ type joinPoint struct {
 	// audioOnly streams have no keyframes: a viewer starts a little before the head.
 	audioOnly bool
 }
+
+// Typed requests to the actor.
+type (
+	joinReq   struct{ res chan viewerResult }
+	cancelReq struct {
+		res  chan viewerResult
+		done chan struct{}
+	}
+	// ownerEvent is a registry hint that the owner of this stream may have changed.
+	ownerEvent struct{ ev registry.Event }
+	// resolved is the answer of a registry lookup the actor started.
+	resolved struct {
+		owner registry.Owner
+		err   error
+	}
+)
 
 // Stream is the actor for one stream on this edge. Fields above the line are read
 // by viewers concurrently (atomics); the rest belong to the actor goroutine.
@@ -39,13 +78,17 @@ type Stream struct {
 	lastKey atomic.Uint64 // ring index + 1 of the newest keyframe; 0 = none
 	ended   atomic.Bool   // no more tags will come
 	done    chan struct{} // closed when the actor stops
-	ctl     chan func()
+
+	joins   chan joinReq
+	cancels chan cancelReq
+	leaves  chan struct{}
+	events  chan ownerEvent
 
 	// ---- actor state ----
-	msgs       chan *nats.Msg
-	sub        *nats.Subscription
+	state      state
+	feed       *bus.Feed
+	msgs       []bus.Message // reused buffer for Feed.Take
 	joiner     joiner
-	live       bool // a snapshot was applied; viewers can be served
 	waiters    []waiter
 	viewers    int
 	hasVideo   bool
@@ -53,22 +96,19 @@ type Stream struct {
 	meta       flv.Tag // latest headers of the shown session
 	videoHdr   flv.Tag
 	audioHdr   flv.Tag
-	gone       bool   // the registry has no owner and the stream never started here
 	joinStart  uint64 // ring index new viewers start at, valid when joinOK
 	joinOK     bool
 	snapFlight bool
 	snapDone   chan snapAnswer
+	lookups    chan resolved
+	lookFlight bool
 	notified   uint64 // ring head at the last broadcast
 	lastMsg    time.Time
 	pullStart  time.Time
 	lingerAt   time.Time // zero while viewers remain
 	graceAt    time.Time // zero while the publisher is live
 	retryAt    time.Time // next snapshot attempt after a failure
-	// Timestamps are rewritten once per stream: out = in + offset, never backwards.
-	tsOffset int64
-	lastOut  int64
-	anyOut   bool
-	newBase  bool // next media tag sets tsOffset (a new session starts)
+	timeline   flv.Timeline
 }
 
 // waiter is a viewer waiting for the stream to have a start point.
@@ -83,77 +123,156 @@ type viewerResult struct {
 }
 
 type snapAnswer struct {
-	s   snapshot
+	s   bus.Snapshot
 	err error
 }
 
-func newStream(h *Hub, name stream.Name) (*Stream, error) {
+func newStream(h *Hub, name stream.Name) *Stream {
 	s := &Stream{
 		hub: h, name: name, ring: newRing(h.cfg.RingSize),
-		done: make(chan struct{}), ctl: make(chan func(), 64),
-		msgs: make(chan *nats.Msg, 8192), snapDone: make(chan snapAnswer, 1),
+		done:  make(chan struct{}),
+		joins: make(chan joinReq), cancels: make(chan cancelReq), leaves: make(chan struct{}, 64),
+		events:   make(chan ownerEvent, 8),
+		snapDone: make(chan snapAnswer, 1), lookups: make(chan resolved, 1),
 	}
 	ch := make(chan struct{})
 	s.notify.Store(&ch)
-	sub, err := h.nc.ChanSubscribe(bus.LiveSubject(string(name)), s.msgs)
-	if err != nil {
-		return nil, fmt.Errorf("edge: subscribe %s: %w", name, err)
-	}
-	// A slow actor loses messages rather than growing without bound; gaps are
-	// detected by sequence numbers and repaired with a snapshot.
-	_ = sub.SetPendingLimits(8192, 256<<20)
-	s.sub = sub
-	return s, nil
+	return s
 }
 
 func (s *Stream) run(ctx context.Context) {
-	log := s.hub.log.With("stream", s.name)
 	streamsGauge.Inc()
 	defer streamsGauge.Dec()
 	defer s.stop()
 	s.pullStart, s.lastMsg = time.Now(), time.Now()
-	s.requestSnapshot()
+	s.resolve()
 	tick := time.NewTicker(s.hub.cfg.MergeWindow)
 	defer tick.Stop()
-	for {
+	for s.state != stateClosed {
+		var ready <-chan struct{}
+		if s.feed != nil {
+			ready = s.feed.Ready()
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case m := <-s.msgs:
-			s.onMsg(m)
+		case <-ready:
+			s.onMessages()
 		case a := <-s.snapDone:
 			s.snapFlight = false
 			s.onSnapshot(a)
-		case f := <-s.ctl:
-			f()
+		case r := <-s.lookups:
+			s.lookFlight = false
+			s.onResolved(r)
+		case r := <-s.joins:
+			s.onJoin(r)
+		case r := <-s.cancels:
+			s.dropWaiter(r.res)
+			close(r.done)
+		case <-s.leaves:
+			s.viewers--
+		case e := <-s.events:
+			s.onOwnerEvent(e.ev)
 		case now := <-tick.C:
 			s.broadcast()
-			if s.housekeep(now) {
-				log.Info("edge: stream stopped", "viewers", s.viewers)
-				return
-			}
+			s.housekeep(now)
 		}
 	}
 }
 
-func (s *Stream) onMsg(m *nats.Msg) {
-	s.lastMsg = time.Now()
-	d, err := bus.Decode(m.Data)
-	if err != nil {
-		s.hub.log.Warn("edge: bad bus message", "stream", s.name, "err", err)
+func (s *Stream) setState(to state) {
+	if s.state == to {
 		return
 	}
-	r := s.joiner.onLive(d)
-	for _, t := range r.deliver {
-		s.push(t.tag)
+	s.hub.log.Debug("edge: stream state", "stream", s.name, "from", s.state, "to", to)
+	s.state = to
+}
+
+// resolve asks the registry who owns the stream, off the actor goroutine.
+func (s *Stream) resolve() {
+	if s.lookFlight {
+		return
 	}
-	s.releaseWaiters()
-	if r.ended {
-		s.publisherLeft()
-	}
-	if r.needSnapshot {
+	s.lookFlight = true
+	reg, name, ctx, timeout := s.hub.reg, string(s.name), s.hub.ctx, s.hub.cfg.SnapshotTimeout
+	go func() {
+		lctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		o, err := reg.LookupStream(lctx, name)
+		s.lookups <- resolved{o, err} // buffered, one in flight
+	}()
+}
+
+// onResolved acts on a registry answer: the first one starts the pull; a later one
+// (after an owner event) tells whether the stream still has an owner.
+func (s *Stream) onResolved(r resolved) {
+	switch {
+	case errors.Is(r.err, registry.ErrNotFound):
+		if s.state == stateResolving || s.state == stateJoining {
+			s.fail(fmt.Errorf("%s: %w", s.name, ErrNotFound))
+			return
+		}
+		s.publisherLeft() // the owner is gone and nobody took over (yet): grace starts now
+	case r.err != nil:
+		if s.state == stateResolving {
+			s.fail(fmt.Errorf("lookup %s: %w", s.name, r.err))
+		}
+	case s.state == stateResolving:
+		feed, err := s.hub.sub.Follow(string(s.name), s.hub.cfg.FeedBytes)
+		if err != nil {
+			s.fail(fmt.Errorf("edge: %w", err))
+			return
+		}
+		s.feed = feed
+		s.setState(stateJoining)
 		s.requestSnapshot()
+	case r.owner.Origin != s.joiner.session.Origin:
+		s.requestSnapshot() // another origin holds it now: join its session
 	}
+}
+
+// fail answers every waiter with err; with no viewers the actor then stops.
+func (s *Stream) fail(err error) {
+	for _, w := range s.waiters {
+		w.res <- viewerResult{err: err}
+	}
+	s.waiters = nil
+	if s.viewers == 0 {
+		s.setState(stateClosed)
+	}
+}
+
+// onOwnerEvent: the registry says an origin went down or a stream was unpublished.
+// If it concerns the session being followed, look again now rather than wait for
+// a snapshot timeout or the stall timer.
+func (s *Stream) onOwnerEvent(ev registry.Event) {
+	if s.state == stateResolving || ev.Origin != s.joiner.session.Origin {
+		return
+	}
+	if ev.Session != "" && ev.Session != fmt.Sprintf("%x", s.joiner.session.ID) {
+		return
+	}
+	ownerEvents.Inc()
+	s.resolve()
+}
+
+func (s *Stream) onMessages() {
+	s.msgs = s.feed.Take(s.msgs[:0])
+	s.lastMsg = time.Now()
+	for _, m := range s.msgs {
+		r := s.joiner.onLive(m)
+		for _, t := range r.deliver {
+			s.push(t.Tag)
+		}
+		if r.ended {
+			s.publisherLeft()
+		}
+		if r.needSnapshot {
+			s.requestSnapshot()
+		}
+	}
+	clear(s.msgs)
+	s.releaseWaiters()
 }
 
 func (s *Stream) publisherLeft() {
@@ -163,14 +282,15 @@ func (s *Stream) publisherLeft() {
 }
 
 func (s *Stream) requestSnapshot() {
-	if s.snapFlight {
+	if s.snapFlight || s.feed == nil {
 		return
 	}
 	s.snapFlight = true
-	nc, subject, timeout := s.hub.nc, bus.SnapshotSubject(string(s.name)), s.hub.cfg.SnapshotTimeout
-	reg, name, ctx := s.hub.reg, string(s.name), s.hub.ctx
+	sub, reg, name, ctx, timeout := s.hub.sub, s.hub.reg, string(s.name), s.hub.ctx, s.hub.cfg.SnapshotTimeout
 	go func() {
-		snap, err := fetchSnapshot(nc, subject, timeout)
+		sctx, cancel := context.WithTimeout(ctx, timeout)
+		snap, err := sub.Snapshot(sctx, name)
+		cancel()
 		if err != nil {
 			// Nobody answered: is there still an owner at all? (The registry is the
 			// truth; an origin that died has its claim lapse or purged.)
@@ -185,12 +305,9 @@ func (s *Stream) requestSnapshot() {
 }
 
 func (s *Stream) onSnapshot(a snapAnswer) {
-	if errors.Is(a.err, ErrNotFound) && !s.live {
+	if errors.Is(a.err, ErrNotFound) && s.state == stateJoining {
 		// The stream ended before this edge could join it: waiting viewers get a 404.
-		for _, w := range s.waiters {
-			w.res <- viewerResult{err: a.err}
-		}
-		s.waiters, s.gone = nil, true
+		s.fail(a.err)
 		return
 	}
 	if a.err != nil {
@@ -201,28 +318,30 @@ func (s *Stream) onSnapshot(a snapAnswer) {
 	joinsTotal.Inc()
 	r := s.joiner.onSnapshot(a.s)
 	if r.newSession {
-		s.newBase = s.anyOut
+		s.timeline.Splice()
 		// Track flags come from the origin (metadata and tags it saw); tags seen
 		// here can only add to them.
-		s.hasAudio = a.s.flags&bus.FlagHasAudio != 0
-		s.hasVideo = a.s.flags&bus.FlagHasVideo != 0
+		s.hasAudio = a.s.Flags&bus.FlagHasAudio != 0
+		s.hasVideo = a.s.Flags&bus.FlagHasVideo != 0
 		s.meta, s.videoHdr, s.audioHdr = nil, nil, nil
 		s.joinOK = false
 		for _, t := range r.headers {
-			s.push(t.tag) // viewers already watching need the new session's headers
+			s.push(t.Tag) // viewers already watching need the new session's headers
 		}
 	}
 	for _, t := range r.gop {
-		s.push(t.tag)
+		s.push(t.Tag)
 	}
 	for _, t := range r.deliver {
-		s.push(t.tag)
+		s.push(t.Tag)
 	}
 	s.graceAt = time.Time{}
 	if r.ended {
 		s.publisherLeft()
 	}
-	s.live = true
+	if s.state == stateJoining {
+		s.setState(stateLive)
+	}
 	s.releaseWaiters()
 	s.broadcast()
 	if r.needSnapshot {
@@ -233,7 +352,7 @@ func (s *Stream) onSnapshot(a snapAnswer) {
 // releaseWaiters hands viewers that waited for the stream their start, once there
 // is one: a keyframe (or, for audio-only streams, audio) after the headers.
 func (s *Stream) releaseWaiters() {
-	if !s.live || !s.joinOK || len(s.waiters) == 0 {
+	if (s.state != stateLive && s.state != stateLingering) || !s.joinOK || len(s.waiters) == 0 {
 		return
 	}
 	for _, w := range s.waiters {
@@ -242,25 +361,10 @@ func (s *Stream) releaseWaiters() {
 	s.waiters = nil
 }
 
-// stamp rewrites a tag's timestamp onto the stream's continuous timeline, in place,
-// before the tag is shared. Headers take the current time; media may set a new base.
-func (s *Stream) stamp(t flv.Tag, header bool) {
-	in := int64(t.Timestamp())
-	if s.newBase && !header {
-		s.tsOffset = s.lastOut + 40 - in // bridge the session change by one frame
-		s.newBase = false
-	}
-	out := in + s.tsOffset
-	if header || out < s.lastOut {
-		out = s.lastOut
-	}
-	s.lastOut, s.anyOut = out, true
-	t.SetTimestamp(uint32(out))
-}
-
-// push stamps a tag, appends it to the ring and keeps the join point current:
+// push puts a tag on the stream's timeline (in place, before it is shared: the
+// one timestamp rewrite), appends it to the ring and keeps the join point current:
 // the latest headers, the track flags, and where new viewers start.
-func (s *Stream) push(t flv.Tag) *entry {
+func (s *Stream) push(t flv.Tag) {
 	kind := flv.Classify(t.Type(), t.Body())
 	header := false
 	switch kind {
@@ -277,7 +381,11 @@ func (s *Stream) push(t flv.Tag) *entry {
 	case flv.TypeAudio:
 		s.hasAudio = true
 	}
-	s.stamp(t, header)
+	if header {
+		t.SetTimestamp(s.timeline.Now())
+	} else {
+		t.SetTimestamp(s.timeline.Map(t.Timestamp()))
+	}
 	// Viewers may start at a keyframe; on an audio-only stream at any audio frame.
 	key := kind == flv.KindKeyframe || (!s.hasVideo && t.Type() == flv.TypeAudio && !header)
 	e := s.ring.push(t, key)
@@ -290,10 +398,9 @@ func (s *Stream) push(t flv.Tag) *entry {
 	case key && !s.joinOK:
 		s.joinStart, s.joinOK = e.idx, true // audio-only: viewer.go trims the backlog
 	case !header:
-		return e
+		return
 	}
 	s.publishJoin()
-	return e
 }
 
 // publishJoin stores the join point new viewers read (actor only).
@@ -319,8 +426,9 @@ func (s *Stream) broadcast() {
 	close(*old)
 }
 
-// housekeep runs once per merge window; it returns true when the actor should stop.
-func (s *Stream) housekeep(now time.Time) bool {
+// housekeep runs once per merge window: join timeouts, snapshot retries, the stall
+// and grace timers, and the live/lingering/closed transitions.
+func (s *Stream) housekeep(now time.Time) {
 	kept := s.waiters[:0]
 	for _, w := range s.waiters {
 		if now.Sub(w.since) > s.hub.cfg.JoinTimeout {
@@ -329,34 +437,49 @@ func (s *Stream) housekeep(now time.Time) bool {
 		}
 		kept = append(kept, w)
 	}
+	clear(s.waiters[len(kept):])
 	s.waiters = kept
-	if s.gone && len(s.waiters) == 0 && s.viewers == 0 {
-		return true
-	}
-	if !s.live && len(s.waiters) == 0 && s.viewers == 0 && now.Sub(s.pullStart) > s.hub.cfg.JoinTimeout {
-		return true // never joined and nobody waits any more
+	idle := s.viewers == 0 && len(s.waiters) == 0
+	switch s.state {
+	case stateResolving, stateJoining:
+		if idle && now.Sub(s.pullStart) > s.hub.cfg.JoinTimeout {
+			s.setState(stateClosed) // never joined and nobody waits any more
+			return
+		}
+	case stateLive, stateLingering:
+		if s.graceAt.IsZero() && now.Sub(s.lastMsg) > s.hub.cfg.Stall {
+			s.publisherLeft() // silent origin: treat like an end of stream
+		}
+		if !s.graceAt.IsZero() && now.After(s.graceAt) {
+			s.hub.log.Info("edge: stream ended", "stream", s.name, "viewers", s.viewers)
+			s.setState(stateClosed)
+			return
+		}
+		if !idle {
+			s.lingerAt = time.Time{}
+			s.setState(stateLive)
+			break
+		}
+		if s.lingerAt.IsZero() {
+			s.lingerAt = now.Add(s.hub.cfg.Linger)
+			s.setState(stateLingering)
+		}
+		if now.After(s.lingerAt) {
+			s.hub.log.Info("edge: stream stopped after linger", "stream", s.name)
+			s.setState(stateClosed)
+			return
+		}
 	}
 	if !s.snapFlight && !s.retryAt.IsZero() && now.After(s.retryAt) {
 		s.requestSnapshot()
 	}
-	if s.live && s.graceAt.IsZero() && now.Sub(s.lastMsg) > s.hub.cfg.Stall {
-		s.publisherLeft() // silent origin: treat like an end of stream
-	}
-	if !s.graceAt.IsZero() && now.After(s.graceAt) {
-		return true
-	}
-	if s.viewers == 0 && len(s.waiters) == 0 {
-		if s.lingerAt.IsZero() {
-			s.lingerAt = now.Add(s.hub.cfg.Linger)
-		}
-		return now.After(s.lingerAt)
-	}
-	s.lingerAt = time.Time{}
-	return false
 }
 
 func (s *Stream) stop() {
-	_ = s.sub.Unsubscribe()
+	s.state = stateClosed
+	if s.feed != nil {
+		_ = s.feed.Close()
+	}
 	s.hub.remove(s)
 	s.ended.Store(true)
 	for _, w := range s.waiters {
@@ -366,19 +489,23 @@ func (s *Stream) stop() {
 	close(s.done)
 }
 
-// addViewer registers a viewer, waiting while the stream joins.
+// onJoin registers a viewer, or refuses it at the stream's limit (exact: the
+// actor counts viewers and waiters one request at a time).
+func (s *Stream) onJoin(r joinReq) {
+	if max := s.hub.cfg.MaxViewersPerStream; max > 0 && s.viewers+len(s.waiters) >= max {
+		viewerRefused.WithLabelValues("stream-limit").Inc()
+		r.res <- viewerResult{err: fmt.Errorf("%s: stream limit of %d: %w", s.name, max, ErrTooManyViewers)}
+		return
+	}
+	s.waiters = append(s.waiters, waiter{res: r.res, since: time.Now()})
+	s.releaseWaiters()
+}
+
+// addViewer asks the actor for a viewer, waiting while the stream joins.
 func (s *Stream) addViewer(ctx context.Context) (*Viewer, error) {
 	res := make(chan viewerResult, 1)
 	select {
-	case s.ctl <- func() {
-		if max := s.hub.cfg.MaxViewersPerStream; max > 0 && s.viewers+len(s.waiters) >= max {
-			viewerRefused.WithLabelValues("stream-limit").Inc()
-			res <- viewerResult{err: fmt.Errorf("%s: stream limit of %d: %w", s.name, max, ErrTooManyViewers)}
-			return
-		}
-		s.waiters = append(s.waiters, waiter{res: res, since: time.Now()})
-		s.releaseWaiters()
-	}:
+	case s.joins <- joinReq{res: res}:
 	case <-s.done:
 		return nil, errStreamGone
 	case <-ctx.Done():
@@ -391,14 +518,13 @@ func (s *Stream) addViewer(ctx context.Context) (*Viewer, error) {
 		return nil, errStreamGone
 	case <-ctx.Done():
 		// The request is gone: leave the waiting list, so a dead stream is not kept
-		// alive by players retrying; a viewer handed over meanwhile is released.
-		// Wait until the actor has run the drop: after that, a viewer handed over
-		// before it is already in res (the actor sends synchronously).
-		dropped := make(chan struct{})
+		// alive by players retrying. Once the actor has run the cancel, a viewer
+		// handed over before it is already in res (the actor sends synchronously).
+		c := cancelReq{res: res, done: make(chan struct{})}
 		select {
-		case s.ctl <- func() { s.dropWaiter(res); close(dropped) }:
+		case s.cancels <- c:
 			select {
-			case <-dropped:
+			case <-c.done:
 			case <-s.done:
 			}
 		case <-s.done:
@@ -427,58 +553,16 @@ func (s *Stream) dropWaiter(res chan viewerResult) {
 // newViewer runs on the actor.
 func (s *Stream) newViewer() *Viewer {
 	s.viewers++
-	s.hub.viewers.Add(1)
 	viewersGauge.Inc()
 	return newViewer(s, s.join.Load())
 }
 
+// viewerLeft is called once per viewer, from its writer.
 func (s *Stream) viewerLeft() {
 	select {
-	case s.ctl <- func() { s.viewers-- }:
+	case s.leaves <- struct{}{}:
 	case <-s.done:
 	}
 	s.hub.viewers.Add(-1)
 	viewersGauge.Dec()
-}
-
-// fetchSnapshot asks the owning origin for the join snapshot and collects the reply.
-func fetchSnapshot(nc *nats.Conn, subject string, timeout time.Duration) (snapshot, error) {
-	var snap snapshot
-	inbox := nc.NewRespInbox()
-	sub, err := nc.SubscribeSync(inbox)
-	if err != nil {
-		return snap, fmt.Errorf("snapshot inbox: %w", err)
-	}
-	defer sub.Unsubscribe()
-	_ = sub.SetPendingLimits(-1, 512<<20)
-	if err := nc.PublishRequest(subject, inbox, nil); err != nil {
-		return snap, fmt.Errorf("snapshot request: %w", err)
-	}
-	deadline := time.Now().Add(timeout)
-	var asm bus.Assembler
-	for {
-		m, err := sub.NextMsg(time.Until(deadline))
-		if err != nil {
-			return snap, fmt.Errorf("snapshot of %s: %w", subject, err)
-		}
-		d, err := bus.Decode(m.Data)
-		if err != nil {
-			return snap, fmt.Errorf("snapshot of %s: %w", subject, err)
-		}
-		switch d.Kind {
-		case bus.KindFragment:
-			t, ok, err := asm.Add(d)
-			if err != nil {
-				return snap, fmt.Errorf("snapshot of %s: %w", subject, err)
-			}
-			if ok {
-				snap.tags = append(snap.tags, seqTag{d.Seq, t})
-			}
-		case bus.KindTag:
-			snap.tags = append(snap.tags, seqTag{d.Seq, d.Tag})
-		case bus.KindSnapshotEnd:
-			snap.session, snap.last, snap.flags = d.Session, d.Seq, d.Flags
-			return snap, nil
-		}
-	}
 }

@@ -80,14 +80,21 @@ type Tag []byte
 // NewTag builds a tag in a new buffer that has room for headroom bytes in front of it
 // (the bus prefix), copying body once. It returns the whole buffer and the tag inside it.
 func NewTag(headroom int, typ byte, ts uint32, body []byte) (buf []byte, t Tag) {
-	n := len(body)
+	buf, t = AllocTag(headroom, typ, ts, len(body))
+	copy(t.Body(), body)
+	return buf, t
+}
+
+// AllocTag is NewTag without the copy: one allocation with headroom, the tag header
+// and the PreviousTagSize trailer written, and an n-byte body left for the caller
+// to fill (t.Body()) before the tag is shared.
+func AllocTag(headroom int, typ byte, ts uint32, n int) (buf []byte, t Tag) {
 	buf = make([]byte, headroom+TagHeaderSize+n+TrailerSize)
 	t = Tag(buf[headroom:])
 	t[0] = typ
 	put24(t[1:4], uint32(n))
 	t.SetTimestamp(ts)
 	// stream id (3 bytes) stays zero
-	copy(t[TagHeaderSize:], body)
 	binary.BigEndian.PutUint32(t[TagHeaderSize+n:], uint32(TagHeaderSize+n))
 	return buf, t
 }

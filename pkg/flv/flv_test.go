@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"slices"
 	"testing"
 )
 
@@ -180,24 +181,41 @@ func TestParseMetadataRejectsMalformed(t *testing.T) {
 }
 
 func TestTimeline(t *testing.T) {
+	const splice = ^uint32(0) // marks a Splice in the input
 	cases := []struct {
 		name string
 		in   []uint32
 		want []uint32
 	}{
-		{"starts at zero, keeps deltas", []uint32{5000, 5040, 5080}, []uint32{0, 40, 80}},
-		{"encoder starting past 0xFFFFFF", []uint32{20000000, 20000040}, []uint32{0, 40}},
+		{"keeps the publisher's clock and deltas", []uint32{5000, 5040, 5080}, []uint32{5000, 5040, 5080}},
+		{"encoder starting past 0xFFFFFF", []uint32{20000000, 20000040}, []uint32{20000000, 20000040}},
 		{"interleave jitter clamped", []uint32{0, 40, 30, 80}, []uint32{0, 40, 40, 80}},
 		{"backwards jump bridged", []uint32{0, 40, 3000, 10, 50}, []uint32{0, 40, 3000, 3040, 3080}},
 		{"forward jump bridged", []uint32{0, 40, 60000, 60040}, []uint32{0, 40, 80, 120}},
-		{"32-bit wrap is continuous", []uint32{0xFFFFFFD8, 0, 40}, []uint32{0, 40, 80}},
+		{"32-bit wrap is continuous", []uint32{0xFFFFFFD8, 0, 40}, []uint32{0xFFFFFFD8, 0, 40}},
+		{"a new session continues one gap later", []uint32{1000, 1040, splice, 0, 40, 20}, []uint32{1000, 1040, 1080, 1120, 1120}},
+		{"a new session starting high", []uint32{0, 40, splice, 900000, 900040}, []uint32{0, 40, 80, 120}},
 	}
 	for _, c := range cases {
 		var tl Timeline
-		for i, in := range c.in {
-			if got := tl.Map(in); got != c.want[i] {
-				t.Errorf("%s: tag %d: %d -> %d, want %d", c.name, i, in, got, c.want[i])
+		var got []uint32
+		for _, in := range c.in {
+			if in == splice {
+				tl.Splice()
+				continue
 			}
+			got = append(got, tl.Map(in))
 		}
+		if !slices.Equal(got, c.want) {
+			t.Errorf("%s: %v -> %v, want %v", c.name, c.in, got, c.want)
+		}
+	}
+	var tl Timeline
+	if tl.Now() != 0 {
+		t.Fatalf("Now before any tag: %d", tl.Now())
+	}
+	tl.Map(700)
+	if tl.Now() != 700 {
+		t.Fatalf("Now after a tag at 700: %d", tl.Now())
 	}
 }

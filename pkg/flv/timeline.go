@@ -1,59 +1,76 @@
 package flv
 
-// Timeline turns the raw 32-bit timestamps of one publishing session into a
-// monotonic timeline starting at zero. It is the one place where publisher jitter,
-// 32-bit wrap-around, encoders that start high and backwards steps are corrected.
+// Timeline puts one stream's tags on one continuous, never-decreasing millisecond
+// timeline, whatever its publishers do. It is the one place where timestamps are
+// normalised: the edge's stream actor applies it once per stream (not per viewer),
+// because the edge is the only place that sees every change of publishing session,
+// whether a publisher reconnected or another origin took over. Origins forward the
+// publisher's timestamps untouched.
 //
-// Rules: the first tag maps to Start; forward deltas up to MaxJump are kept as they
-// are; a small backwards step (audio/video interleave jitter) is clamped to the last
-// output; a larger jump either way is a discontinuity and is bridged by Gap.
+// The rule:
+//   - The first tag keeps its own timestamp.
+//   - Within a session, a forward step of up to MaxJump is kept as it is; a
+//     backwards step of up to MaxBack (audio/video interleave jitter) is clamped to
+//     the last output; a larger jump either way (an encoder restarting its clock)
+//     is a discontinuity, bridged by Gap. 32-bit wrap-around is unwrapped.
+//   - After Splice (a new session), the next media tag continues at the last
+//     output plus Gap, and the new session's steps follow from there.
+//   - Headers (metadata, sequence headers) take the last output (Now) and move
+//     nothing.
 type Timeline struct {
-	// Start is the output timestamp of the first tag.
-	Start uint32
 	// MaxJump is the largest forward step (ms) kept as is; default 10 s.
 	MaxJump int64
 	// MaxBack is the largest backwards step (ms) clamped rather than treated as a discontinuity; default 1 s.
 	MaxBack int64
-	// Gap is the step (ms) inserted at a discontinuity; default 40 ms (one frame at 25 fps).
+	// Gap is the step (ms) inserted at a discontinuity or a splice; default 40 ms (one frame at 25 fps).
 	Gap int64
 
 	started bool
+	splice  bool
 	lastRaw uint32
 	ext     int64 // raw timestamp unwrapped to 64 bits
 	offset  int64 // output = ext + offset
 	lastOut int64
-	// Discontinuities counts the jumps that were bridged.
-	Discontinuities int
 }
 
-// Map returns the output timestamp for a raw one.
+// Splice marks a change of publishing session: the next Map starts a new base.
+func (t *Timeline) Splice() { t.splice = t.started }
+
+// Now returns the last output timestamp (0 before the first tag): the time a
+// header takes.
+func (t *Timeline) Now() uint32 { return uint32(t.lastOut) }
+
+// Map returns the output timestamp of a media tag with raw timestamp raw.
 func (t *Timeline) Map(raw uint32) uint32 {
-	if !t.started {
-		t.started = true
-		t.lastRaw = raw
-		t.ext = int64(raw)
-		t.offset = int64(t.Start) - t.ext
-		t.lastOut = int64(t.Start)
-		return t.Start
+	gap := t.Gap
+	if gap <= 0 {
+		gap = 40
 	}
-	maxJump, maxBack, gap := t.MaxJump, t.MaxBack, t.Gap
+	switch {
+	case !t.started:
+		t.started = true
+		t.lastRaw, t.ext, t.offset, t.lastOut = raw, int64(raw), 0, int64(raw)
+		return raw
+	case t.splice:
+		t.splice = false
+		t.lastRaw, t.ext = raw, int64(raw)
+		t.offset = t.lastOut + gap - t.ext
+		t.lastOut += gap
+		return uint32(t.lastOut)
+	}
+	maxJump, maxBack := t.MaxJump, t.MaxBack
 	if maxJump <= 0 {
 		maxJump = 10_000
 	}
 	if maxBack <= 0 {
 		maxBack = 1_000
 	}
-	if gap <= 0 {
-		gap = 40
-	}
 	// A signed 32-bit difference unwraps the 2^32 ms wrap-around.
-	delta := int64(int32(raw - t.lastRaw))
+	t.ext += int64(int32(raw - t.lastRaw))
 	t.lastRaw = raw
-	t.ext += delta
 	out := t.ext + t.offset
 	switch {
 	case out > t.lastOut+maxJump || out < t.lastOut-maxBack:
-		t.Discontinuities++
 		t.offset = t.lastOut + gap - t.ext
 		out = t.lastOut + gap
 	case out < t.lastOut:

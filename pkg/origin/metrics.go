@@ -18,6 +18,10 @@ var (
 		Name: "flvcdn_origin_bus_publish_errors_total", Help: "Tags that could not be published to NATS."})
 	snapshotsServed = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "flvcdn_origin_snapshots_total", Help: "Join snapshots answered."})
+	heartbeats = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "flvcdn_origin_heartbeats_total", Help: "Registry heartbeats (liveness record and every claim in one call)."})
+	heartbeatErrors = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "flvcdn_origin_heartbeat_errors_total", Help: "Registry heartbeats that failed or ran past their deadline."})
 	gopOverflows = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "flvcdn_origin_gop_overflows_total", Help: "GOP caches dropped for exceeding their byte or frame cap."})
 )

@@ -1,12 +1,12 @@
 // Package origin owns the live streams published to one origin process: for each,
-// the publishing session, its monotonic timeline, the join caches (metadata, sequence
-// headers, current GOP), the NATS publication of its tags and the answers to edge
-// snapshot requests, and its claim in the registry.
+// the publishing session (an actor, see Stream), its join caches (metadata, sequence
+// headers, current GOP), its bus outlet, and its claim in the registry.
 //
-// Ingest (package rtmp, or the file source) hands each tag body to Stream.WriteTag,
-// which copies it once into an immutable bus frame; from then on the same bytes are
-// published live, kept in the GOP cache and replayed in snapshots. This package never
-// talks RTMP and never serves viewers.
+// Ingest (package rtmp, or the file source) fills each tag straight into a frame
+// from Stream.Alloc; from then on the same bytes are published live, kept in the GOP
+// cache and replayed in snapshots. This package never talks RTMP or NATS (package
+// bus does) and never serves viewers. Timestamps pass through as the publisher sent
+// them; edges put them on one continuous timeline (flv.Timeline).
 package origin
 
 import (
@@ -19,8 +19,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/flvcdn/flvcdn/pkg/bus"
 	"github.com/flvcdn/flvcdn/pkg/registry"
 	"github.com/flvcdn/flvcdn/pkg/stream"
@@ -29,9 +27,8 @@ import (
 // Registry is the part of the registry an origin uses.
 type Registry interface {
 	ClaimStream(ctx context.Context, stream string, o registry.Owner, ttl time.Duration) error
-	RefreshStream(ctx context.Context, stream string, o registry.Owner, ttl time.Duration) error
 	ReleaseStream(ctx context.Context, stream string, o registry.Owner) error
-	PutOrigin(ctx context.Context, info registry.OriginInfo, ttl time.Duration) error
+	Heartbeat(ctx context.Context, info registry.OriginInfo, claims []registry.Claim, ttl time.Duration) ([]error, error)
 	PublishEvent(ctx context.Context, ev registry.Event) error
 }
 
@@ -85,29 +82,40 @@ func (c *Config) defaults() {
 	}
 }
 
-// Origin holds the streams published here.
+// Origin holds the streams published here. Its map of sessions is the only state
+// behind its mutex, and no network call is ever made while holding it.
 type Origin struct {
 	cfg Config
-	nc  *nats.Conn
+	bus *bus.Publisher
 	reg Registry
 	log *slog.Logger
+	ctx context.Context // lifetime of the session actors
 
 	mu       sync.Mutex
-	streams  map[stream.Name]*Stream
+	streams  map[stream.Name]*entry
 	draining bool
+	wg       sync.WaitGroup
 }
 
-// New returns an Origin. Call Run to keep its registry records alive.
-func New(cfg Config, nc *nats.Conn, reg Registry, log *slog.Logger) (*Origin, error) {
+// entry is a name's slot: reserved while the registry is asked, then started.
+type entry struct {
+	s       *Stream
+	started bool // claimed and running: the heartbeat refreshes it
+}
+
+// New returns an Origin whose session actors live until ctx ends. Call Run to keep
+// its registry records alive.
+func New(ctx context.Context, cfg Config, pub *bus.Publisher, reg Registry, log *slog.Logger) (*Origin, error) {
 	cfg.defaults()
-	if err := bus.ValidOrigin(cfg.ID); err != nil {
-		return nil, fmt.Errorf("origin: %w", err)
+	if cfg.ID != pub.Origin() {
+		return nil, fmt.Errorf("origin: id %q differs from the bus publisher's %q", cfg.ID, pub.Origin())
 	}
-	return &Origin{cfg: cfg, nc: nc, reg: reg, log: log, streams: map[stream.Name]*Stream{}}, nil
+	return &Origin{cfg: cfg, bus: pub, reg: reg, log: log, ctx: ctx, streams: map[stream.Name]*entry{}}, nil
 }
 
 // Publish starts a publishing session for name. key is checked when a secret is set.
-// The caller feeds tags with WriteTag and must Close the stream when the publisher leaves.
+// The caller feeds tags with Alloc/Write (or WriteTag) and must Close the stream
+// when the publisher leaves.
 func (o *Origin) Publish(ctx context.Context, name stream.Name, key string) (*Stream, error) {
 	if o.cfg.PublishSecret != "" && !stream.CheckPublishKey(o.cfg.PublishSecret, name, key) {
 		publishRefused.WithLabelValues("auth").Inc()
@@ -124,40 +132,49 @@ func (o *Origin) Publish(ctx context.Context, name stream.Name, key string) (*St
 		publishRefused.WithLabelValues("limit").Inc()
 		return nil, ErrTooMany
 	case o.streams[name] != nil:
-		old := o.streams[name]
+		old := o.streams[name].s
 		o.mu.Unlock()
 		// A publisher whose connection died without a FIN still holds the stream
 		// until its read timeout. If it has gone silent, the newcomer (most likely
 		// the same encoder reconnecting) replaces it; a live one is never displaced.
-		if !old.silentFor(o.cfg.StaleAfter) || !o.awaitGone(ctx, old) {
+		if old == nil || !old.silentFor(o.cfg.StaleAfter) || !o.awaitGone(ctx, old) {
 			publishRefused.WithLabelValues("taken").Inc()
 			return nil, fmt.Errorf("%s: %w", name, registry.ErrTaken)
 		}
 		return o.Publish(ctx, name, key)
 	}
-	s := newStream(o, name, bus.Session{Origin: o.cfg.ID, ID: randomID()})
-	o.streams[name] = s // reserve the name while the registry is asked
+	e := &entry{}
+	o.streams[name] = e // reserve the name while the registry is asked
 	o.mu.Unlock()
 
+	out, err := o.bus.Open(string(name), randomID())
+	if err != nil {
+		o.unreserve(name, e)
+		return nil, fmt.Errorf("publish %s: %w", name, err)
+	}
+	s := newStream(o, name, out)
+	o.mu.Lock()
+	e.s = s
+	o.mu.Unlock()
 	if err := o.claim(ctx, s); err != nil {
-		o.forget(s)
+		o.unreserve(name, e)
+		_ = out.End()
 		if errors.Is(err, registry.ErrTaken) {
 			publishRefused.WithLabelValues("taken").Inc()
 		}
 		return nil, fmt.Errorf("claim %s: %w", name, err)
 	}
-	sub, err := o.nc.Subscribe(bus.SnapshotSubject(string(name)), s.answerSnapshot)
-	if err != nil {
-		o.forget(s)
-		_ = o.reg.ReleaseStream(context.WithoutCancel(ctx), string(name), s.owner())
-		return nil, fmt.Errorf("subscribe snapshots of %s: %w", name, err)
-	}
+	o.wg.Add(1)
+	go func() {
+		defer o.wg.Done()
+		s.run(o.ctx)
+	}()
 	o.mu.Lock()
-	s.snapSub = sub // under o.mu: heartbeat refreshes only fully started streams
+	e.started = true
 	o.mu.Unlock()
 	o.event(ctx, registry.EventPublish, s)
 	streamsGauge.Inc()
-	o.log.Info("publish started", "stream", name, "session", s.session.String())
+	o.log.Info("publish started", "stream", name, "session", out.Session().String())
 	return s, nil
 }
 
@@ -168,7 +185,7 @@ func (o *Origin) Publish(ctx context.Context, name stream.Name, key string) (*St
 func (o *Origin) claim(ctx context.Context, s *Stream) error {
 	deadline := time.Now().Add(o.cfg.ClaimWait)
 	for {
-		err := o.reg.ClaimStream(ctx, string(s.name), s.owner(), o.cfg.TTL)
+		err := o.reg.ClaimStream(ctx, string(s.name), s.owner, o.cfg.TTL)
 		if !errors.Is(err, registry.ErrTaken) || !time.Now().Before(deadline) {
 			return err
 		}
@@ -182,28 +199,53 @@ func (o *Origin) claim(ctx context.Context, s *Stream) error {
 
 // awaitGone kicks a silent publisher and waits for its session to close.
 func (o *Origin) awaitGone(ctx context.Context, old *Stream) bool {
-	o.log.Warn("replacing a silent publisher", "stream", old.name, "session", old.session.String())
+	o.log.Warn("replacing a silent publisher", "stream", old.name, "session", old.out.Session().String())
 	old.kick()
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	select {
-	case <-old.closedCh:
+	case <-old.released:
 		return true
 	case <-ctx.Done():
 		return false
 	}
 }
 
-func (o *Origin) forget(s *Stream) {
+func (o *Origin) unreserve(name stream.Name, e *entry) {
 	o.mu.Lock()
-	if o.streams[s.name] == s {
-		delete(o.streams, s.name)
+	if o.streams[name] == e {
+		delete(o.streams, name)
 	}
 	o.mu.Unlock()
 }
 
+// release forgets a closed session and releases its claim. The session leaves the
+// map before the registry is asked, so a heartbeat that re-claims it concurrently
+// sees it gone and releases that claim itself (see heartbeat).
+func (o *Origin) release(ctx context.Context, s *Stream) {
+	o.mu.Lock()
+	e := o.streams[s.name]
+	started := e != nil && e.s == s && e.started
+	if e != nil && e.s == s {
+		delete(o.streams, s.name)
+	}
+	o.mu.Unlock()
+	if !started {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.cfg.TTL)
+	defer cancel()
+	if err := o.reg.ReleaseStream(ctx, string(s.name), s.owner); err != nil && !errors.Is(err, registry.ErrNotOwner) {
+		o.log.Warn("stream claim not released", "stream", s.name, "err", err)
+	}
+	o.event(ctx, registry.EventUnpublish, s)
+	streamsGauge.Dec()
+	st := s.Stats()
+	o.log.Info("publish ended", "stream", s.name, "session", s.out.Session().String(), "tags", st.Tags)
+}
+
 func (o *Origin) event(ctx context.Context, k registry.EventKind, s *Stream) {
-	ev := registry.Event{Kind: k, Stream: string(s.name), Origin: o.cfg.ID, Session: s.owner().Session, At: time.Now()}
+	ev := registry.Event{Kind: k, Stream: string(s.name), Origin: o.cfg.ID, Session: s.owner.Session, At: time.Now()}
 	if err := o.reg.PublishEvent(context.WithoutCancel(ctx), ev); err != nil {
 		o.log.Warn("registry event not sent", "kind", k, "stream", s.name, "err", err)
 	}
@@ -232,6 +274,9 @@ func (o *Origin) Streams() int {
 	return len(o.streams)
 }
 
+// Wait returns once every session actor has exited (after the origin's context ended).
+func (o *Origin) Wait() { o.wg.Wait() }
+
 // Run keeps the liveness record and the stream claims alive until ctx ends.
 func (o *Origin) Run(ctx context.Context) error {
 	t := time.NewTicker(o.cfg.TTL / 3)
@@ -247,53 +292,63 @@ func (o *Origin) Run(ctx context.Context) error {
 	}
 }
 
-// heartbeat refreshes the liveness record and every claim. A claim that vanished
-// (registry restarted, or purged) is claimed again; one that another origin holds
-// now means this publisher lost the stream, so it is disconnected.
+// heartbeat writes the liveness record and refreshes every claim in one registry
+// call bounded by TTL/2, so that one slow answer cannot outlive the claims it was
+// meant to keep. A claim that vanished (registry restarted, or purged) is claimed
+// again; one that another origin holds now means this publisher lost the stream,
+// so it is disconnected.
 func (o *Origin) heartbeat(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, o.cfg.TTL/2)
 	defer cancel()
 	o.mu.Lock()
 	info := registry.OriginInfo{ID: o.cfg.ID, Addr: o.cfg.Addr, Draining: o.draining, Updated: time.Now()}
-	list := make([]*Stream, 0, len(o.streams))
-	for _, s := range o.streams {
-		if s.snapSub != nil { // fully started
-			list = append(list, s)
+	var live []*Stream
+	var claims []registry.Claim
+	for name, e := range o.streams {
+		if e.started {
+			live = append(live, e.s)
+			claims = append(claims, registry.Claim{Stream: string(name), Owner: e.s.owner})
 		}
 	}
 	o.mu.Unlock()
-	if err := o.reg.PutOrigin(ctx, info, o.cfg.TTL); err != nil {
-		o.log.Warn("liveness record not written", "err", err)
+	res, err := o.reg.Heartbeat(ctx, info, claims, o.cfg.TTL)
+	heartbeats.Inc()
+	if err != nil {
+		heartbeatErrors.Inc()
+		o.log.Warn("heartbeat failed", "streams", len(claims), "err", err)
+		return
 	}
-	for _, s := range list {
-		o.refresh(ctx, s)
+	for i, s := range live {
+		if errors.Is(res[i], registry.ErrNotOwner) {
+			o.reclaim(ctx, s)
+		}
 	}
 }
 
-// refresh keeps one claim alive. It holds the stream's claim lock so that a Close
-// running at the same time cannot be followed by a re-claim of the closed session.
-func (o *Origin) refresh(ctx context.Context, s *Stream) {
-	s.claimMu.Lock()
-	defer s.claimMu.Unlock()
-	if s.isClosed() {
-		return
-	}
-	err := o.reg.RefreshStream(ctx, string(s.name), s.owner(), o.cfg.TTL)
-	if errors.Is(err, registry.ErrNotOwner) {
-		err = o.reg.ClaimStream(ctx, string(s.name), s.owner(), o.cfg.TTL)
-		if err == nil {
-			o.log.Info("stream claim restored", "stream", s.name)
-			o.event(ctx, registry.EventPublish, s)
-			return
-		}
-	}
+// reclaim claims again a stream whose claim vanished while its session is live.
+func (o *Origin) reclaim(ctx context.Context, s *Stream) {
+	err := o.reg.ClaimStream(ctx, string(s.name), s.owner, o.cfg.TTL)
 	switch {
 	case errors.Is(err, registry.ErrTaken):
 		o.log.Warn("stream claimed elsewhere: disconnecting publisher", "stream", s.name)
 		s.kick()
+		return
 	case err != nil:
-		o.log.Warn("stream claim not refreshed", "stream", s.name, "err", err)
+		o.log.Warn("stream claim not restored", "stream", s.name, "err", err)
+		return
 	}
+	o.mu.Lock()
+	e := o.streams[s.name]
+	current := e != nil && e.s == s
+	o.mu.Unlock()
+	if !current {
+		// The session closed while we re-claimed: its own release may have run
+		// before our claim, so release again (compare-and-delete: harmless if not ours).
+		_ = o.reg.ReleaseStream(ctx, string(s.name), s.owner)
+		return
+	}
+	o.log.Info("stream claim restored", "stream", s.name)
+	o.event(ctx, registry.EventPublish, s)
 }
 
 func randomID() uint64 {

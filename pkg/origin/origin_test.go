@@ -44,10 +44,16 @@ func newEnv(t *testing.T) *env {
 
 func (e *env) origin(t *testing.T, cfg Config) *Origin {
 	t.Helper()
-	o, err := New(cfg, e.nc, e.store, e.log)
+	pub, err := bus.NewPublisher(e.nc, cfg.ID, e.log)
 	if err != nil {
 		t.Fatal(err)
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	o, err := New(ctx, cfg, pub, e.store, e.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); o.Wait() })
 	return o
 }
 
@@ -206,7 +212,7 @@ func TestLiveOwnerKeepsStreamAndDeadOwnerIsTakenOver(t *testing.T) {
 	}
 	t.Logf("takeover after %v (TTL 600ms)", time.Since(start).Round(time.Millisecond))
 	owner, err := e.store.LookupStream(context.Background(), "live/t")
-	if err != nil || owner.Origin != "b" || owner != s.owner() {
+	if err != nil || owner.Origin != "b" || owner != s.owner {
 		t.Fatalf("registry owner %+v %v", owner, err)
 	}
 }

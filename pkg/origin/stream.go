@@ -2,13 +2,12 @@ package origin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/flvcdn/flvcdn/pkg/bus"
 	"github.com/flvcdn/flvcdn/pkg/flv"
@@ -16,231 +15,285 @@ import (
 	"github.com/flvcdn/flvcdn/pkg/stream"
 )
 
-// Stream is one publishing session. WriteTag is called from the ingest goroutine only;
-// snapshot requests arrive on NATS goroutines, hence the mutex around the caches.
+// ErrClosed reports a write to a session that has ended.
+var ErrClosed = errors.New("origin: publishing session closed")
+
+// Stream is one publishing session, run as an actor: one goroutine (run) owns the
+// join caches and the bus outlet, and everything else talks to it through typed
+// requests on its channels.
+//
+// Lifecycle, in one place:
+//
+//	live     tags are cached and published; snapshot requests are answered
+//	closing  Close was asked: queued tags are flushed, then edges get end-of-stream
+//	closed   the actor has exited (done is closed); Write returns ErrClosed
+//
+// The registry claim is not the actor's: the Origin claims before the actor starts,
+// refreshes all claims in its heartbeat, and releases after the actor is closed, so
+// no registry call ever waits inside a session or behind a lock a heartbeat needs.
 type Stream struct {
-	o        *Origin
-	name     stream.Name
-	session  bus.Session
-	subject  string
-	timeline flv.Timeline
-	snapSub  *nats.Subscription
+	o     *Origin
+	name  stream.Name
+	out   *bus.Outlet
+	owner registry.Owner
 
-	claimMu   sync.Mutex // serialises Close with heartbeat refreshes of the claim
-	kickOnce  sync.Once
-	kicked    chan struct{}
-	closedCh  chan struct{} // closed by Close
-	lastWrite atomic.Int64  // unix nanos of the last WriteTag
+	tags      chan bus.Frame  // ingest -> actor, in publish order
+	closeReq  chan struct{}   // Close -> actor
+	done      chan struct{}   // closed when the actor has exited
+	kicked    chan struct{}   // closed when the origin wants the publisher gone
+	kickOnce  sync.Once       //
+	lastWrite atomic.Int64    // unix nanos of the last tag from the publisher
+	pending   bus.Frame       // ingest goroutine only: the frame of the last Alloc
+	closeOnce sync.Once       //
+	released  chan struct{}   // closed when Close has released the claim
+	tagsIn    atomic.Uint64   // tags ingested, written by the actor
+	bytesIn   atomic.Uint64   // body bytes ingested, written by the actor
 
-	mu       sync.Mutex
-	seq      uint64
-	meta     []byte // frames: bus prefix + tag, shared with NATS and snapshots
-	videoHdr []byte
-	audioHdr []byte
-	gop      [][]byte // from the last keyframe; nil while no usable GOP
-	gopBytes int
-	hasAudio bool
-	hasVideo bool
-	closed   bool
+	// ---- actor state ----
+	cache cache
 }
 
-func newStream(o *Origin, name stream.Name, s bus.Session) *Stream {
-	st := &Stream{o: o, name: name, session: s, subject: bus.LiveSubject(string(name)),
-		kicked: make(chan struct{}), closedCh: make(chan struct{})}
-	st.lastWrite.Store(time.Now().UnixNano())
-	return st
+// Stats are a session's figures, updated by its actor.
+type Stats struct {
+	Tags  uint64
+	Bytes uint64
 }
+
+// tagQueue is how many tags ingest may run ahead of the actor.
+const tagQueue = 64
+
+func newStream(o *Origin, name stream.Name, out *bus.Outlet) *Stream {
+	s := &Stream{o: o, name: name, out: out,
+		owner:    registry.Owner{Origin: out.Session().Origin, Session: strconv.FormatUint(out.Session().ID, 16)},
+		tags:     make(chan bus.Frame, tagQueue),
+		closeReq: make(chan struct{}), done: make(chan struct{}),
+		kicked: make(chan struct{}), released: make(chan struct{}),
+		cache: cache{maxBytes: o.cfg.GOPMaxBytes, maxFrames: o.cfg.GOPMaxFrames}}
+	s.lastWrite.Store(time.Now().UnixNano())
+	return s
+}
+
+// Name returns the stream name.
+func (s *Stream) Name() stream.Name { return s.name }
+
+// Kicked is closed when the origin wants the publisher gone (its claim was lost,
+// or a reconnecting encoder replaces it).
+func (s *Stream) Kicked() <-chan struct{} { return s.kicked }
+
+func (s *Stream) kick() { s.kickOnce.Do(func() { close(s.kicked) }) }
 
 // silentFor reports whether the publisher sent nothing for d.
 func (s *Stream) silentFor(d time.Duration) bool {
 	return time.Since(time.Unix(0, s.lastWrite.Load())) > d
 }
 
-// Name returns the stream name.
-func (s *Stream) Name() stream.Name { return s.name }
-
-// Kicked is closed when the origin wants the publisher gone (its claim was lost).
-func (s *Stream) Kicked() <-chan struct{} { return s.kicked }
-
-func (s *Stream) kick() { s.kickOnce.Do(func() { close(s.kicked) }) }
-
-func (s *Stream) owner() registry.Owner {
-	return registry.Owner{Origin: s.session.Origin, Session: strconv.FormatUint(s.session.ID, 16)}
+// Alloc returns a new tag of type typ at ts with an n-byte body for the caller to
+// fill before Write. Its backing array has room in front for the bus prefix, so the
+// bytes ingest reads into it are the bytes published: no copy.
+// Alloc and Write are called from the ingest goroutine only.
+func (s *Stream) Alloc(typ byte, ts uint32, n int) flv.Tag {
+	s.pending = s.out.Alloc(typ, ts, n)
+	return s.pending.Tag
 }
 
-// WriteTag ingests one tag: its timestamp is mapped onto the stream's monotonic
-// timeline, body is copied once into a bus frame, the caches are updated and the
-// frame is published. body is not retained.
+// Write ingests a tag from Alloc, body filled. It is shared and immutable from then on.
+func (s *Stream) Write(t flv.Tag) error {
+	f := s.pending
+	s.pending = bus.Frame{}
+	if len(t) == 0 || len(f.Tag) == 0 || &t[0] != &f.Tag[0] {
+		return fmt.Errorf("origin: %s: Write of a tag that is not the last Alloc'ed one", s.name)
+	}
+	return s.submit(f)
+}
+
+// WriteTag ingests one tag body, copying it into a new frame (for sources that
+// already hold the bytes, such as the file source). body is not retained.
 func (s *Stream) WriteTag(typ byte, ts uint32, body []byte) error {
+	return s.submit(s.out.Copy(typ, ts, body))
+}
+
+// submit hands a frame to the actor, waiting while it is busy (back-pressure on
+// the publisher's socket rather than an unbounded queue).
+func (s *Stream) submit(f bus.Frame) error {
 	s.lastWrite.Store(time.Now().UnixNano())
-	if len(body) == 0 {
+	if f.Tag.DataSize() == 0 {
 		return nil // nothing a decoder could use
 	}
-	kind := flv.Classify(typ, body)
-	if typ == flv.TypeScript && kind != flv.KindMetadata {
-		return nil // only onMetaData is forwarded; other script data is publisher chatter
+	select {
+	case s.tags <- f:
+		return nil
+	case <-s.done:
+		return fmt.Errorf("origin: %s: %w", s.name, ErrClosed)
 	}
-	out := s.timeline.Map(ts)
-	if kind == flv.KindMetadata {
-		out = 0 // metadata is not media; a zero timestamp keeps players from seeking on it
-	}
+}
 
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return fmt.Errorf("origin: %s: write after close", s.name)
+// run is the actor. It returns when Close was asked or ctx ended.
+func (s *Stream) run(ctx context.Context) {
+	defer close(s.done)
+	for {
+		select {
+		case f := <-s.tags:
+			s.ingest(f)
+		case r := <-s.out.Requests():
+			s.answer(r)
+		case <-s.closeReq:
+			s.finish()
+			return
+		case <-ctx.Done():
+			s.finish()
+			return
+		}
 	}
-	s.seq++
-	seq := s.seq
-	frame, tag := bus.NewFrame(s.session, seq, typ, out, body)
-	s.cache(kind, frame, tag)
-	s.mu.Unlock()
+}
 
+// ingest caches and publishes one tag (actor only).
+func (s *Stream) ingest(f bus.Frame) {
+	kind := flv.Classify(f.Tag.Type(), f.Tag.Body())
+	if f.Tag.Type() == flv.TypeScript {
+		if kind != flv.KindMetadata {
+			return // only onMetaData is forwarded; other script data is publisher chatter
+		}
+		f.Tag.SetTimestamp(0) // metadata is not media: a zero timestamp keeps players from seeking on it
+	}
+	if s.cache.add(kind, f) {
+		gopOverflows.Inc()
+	}
+	s.tagsIn.Add(1)
+	s.bytesIn.Add(uint64(f.Tag.DataSize()))
 	tagsIn.Inc()
-	bytesIn.Add(float64(len(body)))
-	return s.publish(s.subject, frame, seq)
-}
-
-// cache updates the join caches; s.mu is held.
-func (s *Stream) cache(kind flv.Kind, frame []byte, tag flv.Tag) {
-	switch tag.Type() {
-	case flv.TypeAudio:
-		s.hasAudio = true
-	case flv.TypeVideo:
-		s.hasVideo = true
-	}
-	switch kind {
-	case flv.KindMetadata:
-		s.meta = frame
-		if md, err := flv.ParseMetadata(tag.Body()); err == nil {
-			s.hasAudio = s.hasAudio || md.HasAudio()
-			s.hasVideo = s.hasVideo || md.HasVideo()
-		}
-		return
-	case flv.KindVideoHeader:
-		s.videoHdr = frame
-		s.gop, s.gopBytes = nil, 0 // frames after a new header need a new keyframe
-		return
-	case flv.KindAudioHeader:
-		s.audioHdr = frame
-		return
-	case flv.KindKeyframe:
-		s.gop, s.gopBytes = s.gop[:0], 0
-	}
-	if s.gop == nil && !(kind == flv.KindKeyframe) {
-		if !s.audioOnly() {
-			return // waiting for a keyframe
-		}
-		s.gop = make([][]byte, 0, 64)
-	}
-	if len(s.gop) >= s.o.cfg.GOPMaxFrames || s.gopBytes+len(frame) > s.o.cfg.GOPMaxBytes {
-		if s.audioOnly() {
-			// Audio needs no keyframe: keep a sliding window instead of dropping.
-			s.gopBytes -= len(s.gop[0])
-			s.gop = s.gop[1:]
-		} else {
-			s.gop, s.gopBytes = nil, 0
-			gopOverflows.Inc()
-			return
-		}
-	}
-	s.gop = append(s.gop, frame)
-	s.gopBytes += len(frame)
-}
-
-// audioOnly: no video seen yet (a stream's first seconds may be audio; that is fine).
-func (s *Stream) audioOnly() bool { return !s.hasVideo }
-
-func (s *Stream) publish(subject string, frame []byte, seq uint64) error {
-	max := int(s.o.nc.MaxPayload())
-	var firstErr error
-	for _, f := range bus.Frames(frame, s.session, seq, max) {
-		if err := s.o.nc.Publish(subject, f); err != nil && firstErr == nil {
-			firstErr = err
-		}
-	}
-	if firstErr != nil {
+	bytesIn.Add(float64(f.Tag.DataSize()))
+	if err := s.out.Send(f); err != nil {
 		publishErrors.Inc()
-		return fmt.Errorf("origin: publish %s seq %d: %w", s.name, seq, firstErr)
+		s.o.log.Debug("tag not published", "stream", s.name, "err", err)
 	}
-	return nil
 }
 
-// answerSnapshot replies to an edge's join request with metadata, sequence headers
-// and the current GOP, then a KindSnapshotEnd carrying the last sequence covered.
-// Replies go to the request's reply subject on the same connection as the live tags.
-func (s *Stream) answerSnapshot(m *nats.Msg) {
-	if m.Reply == "" {
+// answer replies to one edge's snapshot request (actor only), after taking in
+// the tags ingest has queued, so the snapshot is as fresh as it can be.
+func (s *Stream) answer(r bus.SnapshotRequest) {
+	s.drain()
+	if err := s.out.Answer(r, s.cache.snapshot(), s.cache.flags()); err != nil {
+		s.o.log.Warn("snapshot reply failed", "stream", s.name, "err", err)
 		return
 	}
-	s.mu.Lock()
-	frames := make([][]byte, 0, 3+len(s.gop))
-	for _, f := range [][]byte{s.meta, s.videoHdr, s.audioHdr} {
-		if f != nil {
-			frames = append(frames, f)
-		}
-	}
-	frames = append(frames, s.gop...)
-	last := s.seq
-	var flags byte
-	if s.hasAudio {
-		flags |= bus.FlagHasAudio
-	}
-	if s.hasVideo {
-		flags |= bus.FlagHasVideo
-	}
-	closed := s.closed
-	s.mu.Unlock()
-	if closed {
-		return
-	}
-	for _, f := range frames {
-		d, err := bus.Decode(f)
-		if err != nil {
-			continue // cannot happen: frames are built here
-		}
-		if err := s.publish(m.Reply, f, d.Seq); err != nil {
-			s.o.log.Warn("snapshot reply failed", "stream", s.name, "err", err)
-			return
-		}
-	}
-	_ = s.o.nc.Publish(m.Reply, bus.Control(bus.KindSnapshotEnd, last, s.session, flags))
 	snapshotsServed.Inc()
 }
 
-func (s *Stream) isClosed() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closed
+// drain ingests the tags queued so far (actor only).
+func (s *Stream) drain() {
+	for {
+		select {
+		case f := <-s.tags:
+			s.ingest(f)
+		default:
+			return
+		}
+	}
 }
 
-// Close ends the session: edges are told the publisher left, the claim is released.
-func (s *Stream) Close(ctx context.Context) {
-	s.claimMu.Lock()
-	defer s.claimMu.Unlock()
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return
-	}
-	s.closed = true
-	s.seq++
-	seq := s.seq
-	s.mu.Unlock()
-
-	ctx = context.WithoutCancel(ctx)
-	if s.snapSub != nil {
-		_ = s.snapSub.Unsubscribe()
-	}
-	if err := s.o.nc.Publish(s.subject, bus.Control(bus.KindEnd, seq, s.session, 0)); err != nil {
+// finish publishes what ingest queued before Close, then the end of stream (actor only).
+func (s *Stream) finish() {
+	s.drain()
+	if err := s.out.End(); err != nil {
 		s.o.log.Warn("end of stream not published", "stream", s.name, "err", err)
 	}
-	if err := s.o.reg.ReleaseStream(ctx, string(s.name), s.owner()); err != nil {
-		s.o.log.Warn("stream claim not released", "stream", s.name, "err", err)
+}
+
+// Close ends the session: queued tags are published, edges are told the publisher
+// left, and the claim is released (bounded by the origin's TTL). It is safe to
+// call more than once and from any goroutine.
+func (s *Stream) Close(ctx context.Context) {
+	s.closeOnce.Do(func() {
+		select {
+		case s.closeReq <- struct{}{}:
+		case <-s.done:
+		}
+		<-s.done
+		s.o.release(context.WithoutCancel(ctx), s)
+		close(s.released)
+	})
+	<-s.released
+}
+
+// Stats returns the session's figures so far.
+func (s *Stream) Stats() Stats { return Stats{Tags: s.tagsIn.Load(), Bytes: s.bytesIn.Load()} }
+
+// cache is a session's join state: metadata, sequence headers and the GOP from
+// the newest keyframe. Frames are the published ones, shared, never copied.
+type cache struct {
+	maxBytes, maxFrames int
+
+	meta, videoHdr, audioHdr bus.Frame
+	gop                      []bus.Frame // nil while no usable GOP
+	gopBytes                 int
+	hasAudio, hasVideo       bool
+}
+
+// add takes one frame; it reports whether the GOP overflowed its caps.
+func (c *cache) add(kind flv.Kind, f bus.Frame) (overflow bool) {
+	switch f.Tag.Type() {
+	case flv.TypeAudio:
+		c.hasAudio = true
+	case flv.TypeVideo:
+		c.hasVideo = true
 	}
-	s.o.event(ctx, registry.EventUnpublish, s)
-	s.o.forget(s)
-	close(s.closedCh)
-	streamsGauge.Dec()
-	s.o.log.Info("publish ended", "stream", s.name, "session", s.session.String(), "tags", seq-1)
+	switch kind {
+	case flv.KindMetadata:
+		c.meta = f
+		if md, err := flv.ParseMetadata(f.Tag.Body()); err == nil {
+			c.hasAudio = c.hasAudio || md.HasAudio()
+			c.hasVideo = c.hasVideo || md.HasVideo()
+		}
+		return false
+	case flv.KindVideoHeader:
+		c.videoHdr = f
+		c.gop, c.gopBytes = nil, 0 // frames after a new header need a new keyframe
+		return false
+	case flv.KindAudioHeader:
+		c.audioHdr = f
+		return false
+	case flv.KindKeyframe:
+		c.gop, c.gopBytes = make([]bus.Frame, 0, 64), 0
+	}
+	if c.gop == nil {
+		if c.hasVideo {
+			return false // waiting for a keyframe
+		}
+		c.gop = make([]bus.Frame, 0, 64) // audio needs none (a stream's first seconds may be audio only)
+	}
+	if len(c.gop) >= c.maxFrames || c.gopBytes+len(f.Tag) > c.maxBytes {
+		if !c.hasVideo {
+			// Audio only: keep a sliding window instead of dropping.
+			c.gopBytes -= len(c.gop[0].Tag)
+			c.gop = c.gop[1:]
+		} else {
+			c.gop, c.gopBytes = nil, 0
+			return true
+		}
+	}
+	c.gop = append(c.gop, f)
+	c.gopBytes += len(f.Tag)
+	return false
+}
+
+// snapshot lists what a joining edge needs: metadata, sequence headers, GOP.
+func (c *cache) snapshot() []bus.Frame {
+	frames := make([]bus.Frame, 0, 3+len(c.gop))
+	for _, f := range []bus.Frame{c.meta, c.videoHdr, c.audioHdr} {
+		if f.Tag != nil {
+			frames = append(frames, f)
+		}
+	}
+	return append(frames, c.gop...)
+}
+
+func (c *cache) flags() byte {
+	var flags byte
+	if c.hasAudio {
+		flags |= bus.FlagHasAudio
+	}
+	if c.hasVideo {
+		flags |= bus.FlagHasVideo
+	}
+	return flags
 }

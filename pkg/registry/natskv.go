@@ -262,6 +262,27 @@ func (s *NATSKV) PutOrigin(ctx context.Context, info OriginInfo, ttl time.Durati
 	return wrapf(err, "put origin", info.ID)
 }
 
+// Heartbeat implements Store. JetStream KV has no multi-key operation, so this is
+// one request per key, all bounded by ctx.
+func (s *NATSKV) Heartbeat(ctx context.Context, info OriginInfo, claims []Claim, ttl time.Duration) ([]error, error) {
+	for _, c := range claims {
+		if c.Owner.Origin != info.ID {
+			return nil, fmt.Errorf("registry: heartbeat %s: claim of %s held for %s", info.ID, c.Stream, c.Owner.Origin)
+		}
+	}
+	if err := s.PutOrigin(ctx, info, ttl); err != nil {
+		return nil, err
+	}
+	out := make([]error, len(claims))
+	for i, c := range claims {
+		out[i] = s.RefreshStream(ctx, c.Stream, c.Owner, ttl)
+		if out[i] != nil && !errors.Is(out[i], ErrNotOwner) {
+			return nil, out[i]
+		}
+	}
+	return out, nil
+}
+
 // GetOrigin implements Store.
 func (s *NATSKV) GetOrigin(ctx context.Context, id string) (OriginInfo, error) {
 	var rec kvOrigin
@@ -382,7 +403,9 @@ func (s *NATSKV) Events(ctx context.Context) (<-chan Event, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registry: subscribe events: %w", err)
 	}
-	if err := s.nc.FlushWithContext(ctx); err != nil {
+	fctx, cancel := context.WithTimeout(ctx, 5*time.Second) // a flush needs a deadline
+	defer cancel()
+	if err := s.nc.FlushWithContext(fctx); err != nil {
 		_ = sub.Unsubscribe()
 		return nil, fmt.Errorf("registry: subscribe events: %w", err)
 	}

@@ -129,6 +129,27 @@ index(KEYS[2], ARGV[3], ARGV[2])
 return 1
 `)
 
+// heartbeatScript writes an origin's liveness record and compare-and-pexpires
+// every claim it lists, in one round trip.
+// KEYS: origin, origin's set, then one key per stream.
+// ARGV: record value, ttl ms, then per stream: owner value, stream name.
+// Returns one 1 (refreshed) or 0 (not the owner) per stream.
+var heartbeatScript = redis.NewScript(indexLua + `
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local res = {}
+for i = 3, #KEYS do
+  local j = (i - 3) * 2 + 3
+  if redis.call('GET', KEYS[i]) == ARGV[j] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    index(KEYS[2], ARGV[j + 1], ARGV[2])
+    res[#res + 1] = 1
+  else
+    res[#res + 1] = 0
+  end
+end
+return res
+`)
+
 // releaseScript is compare-and-delete.
 // KEYS: stream, owner's set. ARGV: owner value, stream name.
 var releaseScript = redis.NewScript(`
@@ -274,6 +295,38 @@ func (r *Redis) PutOrigin(ctx context.Context, info OriginInfo, ttl time.Duratio
 	}
 	v, _ := json.Marshal(info)
 	return wrapf(r.client.Set(ctx, r.originKey(info.ID), v, ttl).Err(), "put origin", info.ID)
+}
+
+// Heartbeat implements Store: one script, one round trip.
+func (r *Redis) Heartbeat(ctx context.Context, info OriginInfo, claims []Claim, ttl time.Duration) ([]error, error) {
+	info, err := prepareOrigin(info, ttl)
+	if err != nil {
+		return nil, wrapf(err, "heartbeat", info.ID)
+	}
+	v, _ := json.Marshal(info)
+	keys := make([]string, 0, 2+len(claims))
+	args := make([]any, 0, 2+2*len(claims))
+	keys = append(keys, r.originKey(info.ID), r.indexKey(info.ID))
+	args = append(args, string(v), ttl.Milliseconds())
+	for _, c := range claims {
+		if c.Owner.Origin != info.ID {
+			return nil, fmt.Errorf("registry: heartbeat %s: claim of %s held for %s", info.ID, c.Stream, c.Owner.Origin)
+		}
+		keys = append(keys, r.streamKey(c.Stream))
+		args = append(args, encodeOwner(c.Owner), c.Stream)
+	}
+	res, err := heartbeatScript.Run(ctx, r.client, keys, args...).Int64Slice()
+	if err != nil {
+		return nil, wrapf(err, "heartbeat", info.ID)
+	}
+	if len(res) != len(claims) {
+		return nil, fmt.Errorf("registry: heartbeat %s: %d answers for %d claims", info.ID, len(res), len(claims))
+	}
+	out := make([]error, len(claims))
+	for i, ok := range res {
+		out[i] = wrapf(ownerResult(ok, nil), "refresh", claims[i].Stream)
+	}
+	return out, nil
 }
 
 // GetOrigin implements Store.

@@ -38,6 +38,12 @@ type Owner struct {
 	Session string `json:"session"` // random id of one publishing session
 }
 
+// Claim is one stream held by one owner.
+type Claim struct {
+	Stream string
+	Owner  Owner
+}
+
 // OriginInfo is an origin's liveness record. Its presence (within its TTL) is
 // what "the origin is alive" means to the registry.
 type OriginInfo struct {
@@ -93,6 +99,11 @@ type Store interface {
 	// PutOrigin writes an origin's liveness record, overwritten each
 	// heartbeat. A zero Updated is set to the current time.
 	PutOrigin(ctx context.Context, info OriginInfo, ttl time.Duration) error
+	// Heartbeat writes info as PutOrigin does and refreshes every claim as
+	// RefreshStream does, in one round trip where the backend allows it (Redis:
+	// one script; JetStream KV: one call per key, all under ctx). The result has
+	// one entry per claim: nil, or ErrNotOwner. Every claim must be info.ID's.
+	Heartbeat(ctx context.Context, info OriginInfo, claims []Claim, ttl time.Duration) ([]error, error)
 	// GetOrigin returns an origin's liveness record; ErrNotFound when it is
 	// absent or expired.
 	GetOrigin(ctx context.Context, id string) (OriginInfo, error)
