@@ -102,8 +102,12 @@ func StartEmbedded(addr, dir string) (*Embedded, error) {
 
 // StartInProcess starts a NATS server that listens on no socket, for tests that
 // want the real server's semantics without the network: connect with Connect.
-func StartInProcess() (*Embedded, error) {
-	srv, err := server.NewServer(&server.Options{DontListen: true, MaxPayload: 8 << 20, NoSigs: true, NoLog: true})
+// maxPayload <= 0 means 8 MiB, as the chart sets.
+func StartInProcess(maxPayload int32) (*Embedded, error) {
+	if maxPayload <= 0 {
+		maxPayload = 8 << 20
+	}
+	srv, err := server.NewServer(&server.Options{DontListen: true, MaxPayload: maxPayload, NoSigs: true, NoLog: true})
 	if err != nil {
 		return nil, fmt.Errorf("in-process NATS: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -35,6 +36,9 @@ type Feed struct {
 	asm     Assembler
 }
 
+// followFlush bounds the round trip that puts a subscription in place.
+const followFlush = 2 * time.Second
+
 // DefaultFeedBytes bounds what one Feed buffers.
 const DefaultFeedBytes = 64 << 20
 
@@ -53,6 +57,11 @@ func (s *Subscriber) Follow(name string, maxBytes int) (*Feed, error) {
 	// The byte bound is ours (above); let the client hold what we have not taken yet.
 	_ = sub.SetPendingLimits(-1, -1)
 	f.sub = sub
+	// One round trip, so that the server routes the stream to us before we return.
+	if err := s.nc.FlushTimeout(followFlush); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("bus: follow %s: %w", name, err)
+	}
 	return f, nil
 }
 

@@ -32,7 +32,11 @@ type rig struct {
 	ctx    context.Context
 }
 
-func newRig(t *testing.T, cfg edge.Config) *rig {
+func newRig(t *testing.T, cfg edge.Config) *rig { t.Helper(); return newRigWith(t, cfg, nil) }
+
+// newRigWith is newRig with the registry wrapped by wrap (nil: as is), for tests
+// that count or stall registry calls.
+func newRigWith(t *testing.T, cfg edge.Config, wrap func(registry.Store) registry.Store) *rig {
 	t.Helper()
 	srv, err := bus.StartEmbedded("127.0.0.1:0", t.TempDir())
 	if err != nil {
@@ -53,6 +57,9 @@ func newRig(t *testing.T, cfg edge.Config) *rig {
 	store, err := registry.Open(ctx, "", nc, "flvcdn")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if wrap != nil {
+		store = wrap(store)
 	}
 	pub, err := bus.NewPublisher(nc, "origin-a", log)
 	if err != nil {

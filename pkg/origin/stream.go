@@ -37,17 +37,17 @@ type Stream struct {
 	out   *bus.Outlet
 	owner registry.Owner
 
-	tags      chan bus.Frame  // ingest -> actor, in publish order
-	closeReq  chan struct{}   // Close -> actor
-	done      chan struct{}   // closed when the actor has exited
-	kicked    chan struct{}   // closed when the origin wants the publisher gone
-	kickOnce  sync.Once       //
-	lastWrite atomic.Int64    // unix nanos of the last tag from the publisher
-	pending   bus.Frame       // ingest goroutine only: the frame of the last Alloc
-	closeOnce sync.Once       //
-	released  chan struct{}   // closed when Close has released the claim
-	tagsIn    atomic.Uint64   // tags ingested, written by the actor
-	bytesIn   atomic.Uint64   // body bytes ingested, written by the actor
+	tags      chan bus.Frame // ingest -> actor, in publish order
+	closeReq  chan struct{}  // Close -> actor
+	done      chan struct{}  // closed when the actor has exited
+	kicked    chan struct{}  // closed when the origin wants the publisher gone
+	kickOnce  sync.Once      //
+	lastWrite atomic.Int64   // unix nanos of the last tag from the publisher
+	pending   bus.Frame      // ingest goroutine only: the frame of the last Alloc
+	closeOnce sync.Once      //
+	released  chan struct{}  // closed when Close has released the claim
+	tagsIn    atomic.Uint64  // tags ingested, written by the actor
+	bytesIn   atomic.Uint64  // body bytes ingested, written by the actor
 
 	// ---- actor state ----
 	cache cache
