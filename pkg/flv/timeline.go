@@ -17,14 +17,9 @@ package flv
 //     output plus Gap, and the new session's steps follow from there.
 //   - Headers (metadata, sequence headers) take the last output (Now) and move
 //     nothing.
+//
+// The zero Timeline is ready to use.
 type Timeline struct {
-	// MaxJump is the largest forward step (ms) kept as is; default 10 s.
-	MaxJump int64
-	// MaxBack is the largest backwards step (ms) clamped rather than treated as a discontinuity; default 1 s.
-	MaxBack int64
-	// Gap is the step (ms) inserted at a discontinuity or a splice; default 40 ms (one frame at 25 fps).
-	Gap int64
-
 	started bool
 	splice  bool
 	lastRaw uint32
@@ -32,6 +27,16 @@ type Timeline struct {
 	offset  int64 // output = ext + offset
 	lastOut int64
 }
+
+// The rule's bounds, in milliseconds.
+const (
+	// MaxJump is the largest forward step kept as is.
+	MaxJump = 10_000
+	// MaxBack is the largest backwards step clamped rather than bridged.
+	MaxBack = 1_000
+	// Gap is the step inserted at a discontinuity or a splice: one frame at 25 fps.
+	Gap = 40
+)
 
 // Splice marks a change of publishing session: the next Map starts a new base.
 func (t *Timeline) Splice() { t.splice = t.started }
@@ -42,10 +47,6 @@ func (t *Timeline) Now() uint32 { return uint32(t.lastOut) }
 
 // Map returns the output timestamp of a media tag with raw timestamp raw.
 func (t *Timeline) Map(raw uint32) uint32 {
-	gap := t.Gap
-	if gap <= 0 {
-		gap = 40
-	}
 	switch {
 	case !t.started:
 		t.started = true
@@ -54,25 +55,18 @@ func (t *Timeline) Map(raw uint32) uint32 {
 	case t.splice:
 		t.splice = false
 		t.lastRaw, t.ext = raw, int64(raw)
-		t.offset = t.lastOut + gap - t.ext
-		t.lastOut += gap
+		t.offset = t.lastOut + Gap - t.ext
+		t.lastOut += Gap
 		return uint32(t.lastOut)
-	}
-	maxJump, maxBack := t.MaxJump, t.MaxBack
-	if maxJump <= 0 {
-		maxJump = 10_000
-	}
-	if maxBack <= 0 {
-		maxBack = 1_000
 	}
 	// A signed 32-bit difference unwraps the 2^32 ms wrap-around.
 	t.ext += int64(int32(raw - t.lastRaw))
 	t.lastRaw = raw
 	out := t.ext + t.offset
 	switch {
-	case out > t.lastOut+maxJump || out < t.lastOut-maxBack:
-		t.offset = t.lastOut + gap - t.ext
-		out = t.lastOut + gap
+	case out > t.lastOut+MaxJump || out < t.lastOut-MaxBack:
+		t.offset = t.lastOut + Gap - t.ext
+		out = t.lastOut + Gap
 	case out < t.lastOut:
 		out = t.lastOut
 	}

@@ -423,10 +423,6 @@ func (s *NATSKV) Events(ctx context.Context) (<-chan Event, error) {
 	return out, nil
 }
 
-// DroppedEvents reports how many events were dropped because an Events
-// consumer was not keeping up.
-func (s *NATSKV) DroppedEvents() uint64 { return s.feed.dropped.Load() }
-
 // Ping implements Store: a JetStream round trip to the bucket.
 func (s *NATSKV) Ping(ctx context.Context) error {
 	_, err := s.kv.Status(ctx)

@@ -429,10 +429,6 @@ func (r *Redis) forwardEvents(ctx context.Context, sub *redis.PubSub, out chan<-
 	}
 }
 
-// DroppedEvents reports how many events were dropped because an Events
-// consumer was not keeping up.
-func (r *Redis) DroppedEvents() uint64 { return r.feed.dropped.Load() }
-
 // Ping implements Store.
 func (r *Redis) Ping(ctx context.Context) error {
 	return wrapf(r.client.Ping(ctx).Err(), "ping", "redis")

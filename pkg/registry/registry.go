@@ -23,10 +23,11 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -60,7 +61,6 @@ type EventKind string
 const (
 	EventPublish    EventKind = "publish"
 	EventUnpublish  EventKind = "unpublish"
-	EventMoved      EventKind = "moved"
 	EventOriginDown EventKind = "origin-down"
 )
 
@@ -258,17 +258,20 @@ func stamp(ev Event) Event {
 	return ev
 }
 
+// eventsDropped counts events a slow consumer missed (exported in /metrics).
+var eventsDropped = promauto.NewCounter(prometheus.CounterOpts{
+	Name: "flvcdn_registry_events_dropped_total",
+	Help: "Registry change events dropped because a consumer's buffer was full."})
+
 // eventFeed hands events to subscribers without ever waiting for them.
-type eventFeed struct {
-	dropped atomic.Uint64
-}
+type eventFeed struct{}
 
 // offer delivers ev if out has room and counts a drop otherwise.
-func (f *eventFeed) offer(out chan<- Event, ev Event) {
+func (eventFeed) offer(out chan<- Event, ev Event) {
 	select {
 	case out <- ev:
 	default:
-		f.dropped.Add(1)
+		eventsDropped.Inc()
 	}
 }
 

@@ -374,7 +374,7 @@ func waitPublishEvent(ctx context.Context, t *testing.T, events <-chan registry.
 			if ev.Kind == registry.EventOriginDown && ev.Origin == dead && downAt.IsZero() {
 				downAt = time.Now()
 			}
-			if ev.Stream == stream && ev.Origin == origin && (ev.Kind == registry.EventPublish || ev.Kind == registry.EventMoved) {
+			if ev.Stream == stream && ev.Origin == origin && ev.Kind == registry.EventPublish {
 				return downAt
 			}
 		case <-ctx.Done():
