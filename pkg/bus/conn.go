@@ -102,12 +102,14 @@ func StartEmbedded(addr, dir string) (*Embedded, error) {
 
 // StartInProcess starts a NATS server that listens on no socket, for tests that
 // want the real server's semantics without the network: connect with Connect.
-// maxPayload <= 0 means 8 MiB, as the chart sets.
-func StartInProcess(maxPayload int32) (*Embedded, error) {
+// maxPayload <= 0 means 8 MiB, as the chart sets. A non-empty jetStreamDir turns
+// JetStream on (for the JetStream KV registry), keeping its data there.
+func StartInProcess(maxPayload int32, jetStreamDir string) (*Embedded, error) {
 	if maxPayload <= 0 {
 		maxPayload = 8 << 20
 	}
-	srv, err := server.NewServer(&server.Options{DontListen: true, MaxPayload: maxPayload, NoSigs: true, NoLog: true})
+	srv, err := server.NewServer(&server.Options{DontListen: true, MaxPayload: maxPayload, NoSigs: true, NoLog: true,
+		JetStream: jetStreamDir != "", StoreDir: jetStreamDir})
 	if err != nil {
 		return nil, fmt.Errorf("in-process NATS: %w", err)
 	}

@@ -17,7 +17,7 @@ import (
 // connections: one for the origin's publisher, one for the edge's subscriber.
 func inProcess(t *testing.T, maxPayload int32) (pubConn, subConn *nats.Conn) {
 	t.Helper()
-	srv, err := StartInProcess(maxPayload)
+	srv, err := StartInProcess(maxPayload, "")
 	if err != nil {
 		t.Fatal(err)
 	}

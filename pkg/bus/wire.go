@@ -1,10 +1,17 @@
-// Package bus owns the NATS wire contract between origins and edges: subject names,
-// the message layout (a small prefix followed by the FLV tag bytes themselves), the
-// splitting of tags larger than the server's max payload, and the snapshot exchange.
+// Package bus is the transport between origins and edges: it owns every NATS
+// interaction of the data path. An origin's Publisher opens one Outlet per
+// publishing session, which numbers the stream's tags, publishes them in order on
+// the stream's live subject (splitting tags larger than the server's max payload)
+// and queues the edges' snapshot requests for the session to answer from its own
+// caches. An edge's Subscriber follows live subjects through byte-bounded Feeds and
+// fetches snapshots, reassembling split tags. This file is the wire contract:
+// subject names, the message layout and the split.
 //
-// The payload after the prefix is exactly an flv.Tag, so an edge hands the bytes it
-// received from NATS to its viewers without re-encoding. This package never keeps
-// stream state and never copies a whole tag except to split an oversized one.
+// The payload after the message prefix is exactly an flv.Tag, so the bytes an edge
+// receives are the bytes it writes to viewers, without re-encoding. The package
+// keeps no stream state. It copies tag bytes in three places only: Outlet.Copy (for
+// sources that hold their own bytes; ingest fills Alloc'ed frames instead), the
+// split of an oversized tag into parts, and the reassembly of those parts.
 package bus
 
 import (
@@ -173,15 +180,6 @@ func Frames(buf []byte, s Session, seq uint64, maxPayload int) [][]byte {
 		out = append(out, f)
 	}
 	return out
-}
-
-// NewFrame builds a KindTag message around a new tag, copying body once: the single
-// ingest copy. It returns the whole message buffer and the tag inside it.
-func NewFrame(s Session, seq uint64, typ byte, ts uint32, body []byte) ([]byte, flv.Tag) {
-	pre := PrefixLen(s)
-	buf, tag := flv.NewTag(pre, typ, ts, body)
-	PutPrefix(buf, KindTag, seq, s)
-	return buf, tag
 }
 
 // Control builds a KindEnd or KindSnapshotEnd message.

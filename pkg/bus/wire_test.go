@@ -12,7 +12,7 @@ var sess = Session{Origin: "origin-0", ID: 0xABCDEF0123456789}
 
 func TestFrameRoundTrip(t *testing.T) {
 	body := []byte{0x17, 1, 0, 0, 0, 1, 2, 3}
-	buf, tag := NewFrame(sess, 42, flv.TypeVideo, 1234, body)
+	buf, tag := newFrame(sess, 42, flv.TypeVideo, 1234, body)
 	frames := Frames(buf, sess, 42, 1<<20)
 	if len(frames) != 1 || &frames[0][0] != &buf[0] {
 		t.Fatal("a frame under max payload must be sent as is, without a copy")
@@ -31,7 +31,7 @@ func TestFrameRoundTrip(t *testing.T) {
 
 func TestSplitAndReassemble(t *testing.T) {
 	body := bytes.Repeat([]byte{0x17, 1, 2, 3, 4, 5, 6}, 3000) // ~21 KB
-	buf, tag := NewFrame(sess, 7, flv.TypeVideo, 99, body)
+	buf, tag := newFrame(sess, 7, flv.TypeVideo, 99, body)
 	for _, max := range []int{1024, 4096, 20000} {
 		frames := Frames(buf, sess, 7, max)
 		if len(frames) < 2 {
@@ -63,7 +63,7 @@ func TestSplitAndReassemble(t *testing.T) {
 }
 
 func TestAssemblerRefusesMissingPart(t *testing.T) {
-	buf, _ := NewFrame(sess, 9, flv.TypeVideo, 0, make([]byte, 5000))
+	buf, _ := newFrame(sess, 9, flv.TypeVideo, 0, make([]byte, 5000))
 	frames := Frames(buf, sess, 9, 1500)
 	var a Assembler
 	m0, _ := Decode(frames[0])
@@ -81,7 +81,7 @@ func TestAssemblerRefusesMissingPart(t *testing.T) {
 }
 
 func TestDecodeRejectsMalformed(t *testing.T) {
-	good, _ := NewFrame(sess, 1, flv.TypeAudio, 0, []byte{0xAF, 1})
+	good, _ := newFrame(sess, 1, flv.TypeAudio, 0, []byte{0xAF, 1})
 	cases := map[string][]byte{
 		"empty":           nil,
 		"bad magic":       append([]byte{0}, good[1:]...),
@@ -109,9 +109,9 @@ func TestSubjects(t *testing.T) {
 
 // FuzzDecode: hostile bus messages give an error or a well-formed message.
 func FuzzDecode(f *testing.F) {
-	good, _ := NewFrame(sess, 1, flv.TypeAudio, 0, []byte{0xAF, 1})
+	good, _ := newFrame(sess, 1, flv.TypeAudio, 0, []byte{0xAF, 1})
 	f.Add(good)
-	big, _ := NewFrame(sess, 2, flv.TypeVideo, 0, make([]byte, 300))
+	big, _ := newFrame(sess, 2, flv.TypeVideo, 0, make([]byte, 300))
 	for _, fr := range Frames(big, sess, 2, 100) {
 		f.Add(fr)
 	}
@@ -133,4 +133,11 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// newFrame builds a tag message the way an Outlet does.
+func newFrame(s Session, seq uint64, typ byte, ts uint32, body []byte) ([]byte, flv.Tag) {
+	buf, tag := flv.NewTag(PrefixLen(s), typ, ts, body)
+	PutPrefix(buf, KindTag, seq, s)
+	return buf, tag
 }

@@ -16,6 +16,8 @@ import (
 	"github.com/flvcdn/flvcdn/pkg/stream"
 )
 
+// env is an origin's surroundings in a test: a real NATS server in process (no
+// socket) as the bus, and the JetStream KV registry on it (real expiry).
 type env struct {
 	nc    *nats.Conn
 	store registry.Store
@@ -24,13 +26,12 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	srv, err := bus.StartEmbedded("127.0.0.1:0", t.TempDir())
+	srv, err := bus.StartInProcess(0, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Shutdown)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	nc, err := bus.Connect(bus.ConnOptions{URL: srv.URL()}, log)
+	nc, err := srv.Connect("test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +40,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{nc: nc, store: store, log: log}
+	return &env{nc: nc, store: store, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 }
 
 func (e *env) origin(t *testing.T, cfg Config) *Origin {
@@ -69,32 +70,19 @@ func key(i byte) []byte   { return []byte{0x17, 1, 0, 0, 0, i} }
 func inter(i byte) []byte { return []byte{0x27, 1, 0, 0, 0, i} }
 func aac(i byte) []byte   { return []byte{0xAF, 1, i} }
 
-// snapshotOf asks for a snapshot the way an edge does and decodes the reply.
+// snapshotOf asks for a snapshot the way an edge does.
 func snapshotOf(t *testing.T, nc *nats.Conn, n string) (tags []flv.Tag, last uint64, flags byte) {
 	t.Helper()
-	inbox := nc.NewRespInbox()
-	sub, err := nc.SubscribeSync(inbox)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	snap, err := bus.NewSubscriber(nc).Snapshot(ctx, n)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("snapshot: %v", err)
 	}
-	defer sub.Unsubscribe()
-	if err := nc.PublishRequest(bus.SnapshotSubject(n), inbox, nil); err != nil {
-		t.Fatal(err)
+	for _, x := range snap.Tags {
+		tags = append(tags, x.Tag)
 	}
-	for {
-		m, err := sub.NextMsg(5 * time.Second)
-		if err != nil {
-			t.Fatalf("snapshot: %v", err)
-		}
-		d, err := bus.Decode(m.Data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if d.Kind == bus.KindSnapshotEnd {
-			return tags, d.Seq, d.Flags
-		}
-		tags = append(tags, d.Tag)
-	}
+	return tags, snap.Last, snap.Flags
 }
 
 func kinds(tags []flv.Tag) []string {

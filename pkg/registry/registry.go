@@ -3,7 +3,9 @@
 // It holds three things: stream claims (stream -> Owner, with a TTL the owning
 // origin keeps refreshing), origin liveness records (one per origin, rewritten
 // on every heartbeat, carrying the draining flag), and change events (publish,
-// unpublish, moved, origin down) that tell edges to look again.
+// unpublish, origin down). Edges act on origin-down and unpublish events by
+// looking the stream up again at once (package edge); the other kinds are for
+// operators' tools and tests.
 //
 // It must never hold media: values are a few dozen bytes of JSON. Every write
 // to a stream claim is a compare-and-set, because more than one process may
