@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/flvcdn/flvcdn/test/harness"
 	"io"
 	"net"
 	"net/http"
@@ -13,129 +14,48 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 )
 
 // proc is a child process this run started; it is stopped by its PID only.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  *tailBuffer
-	done chan struct{}
-	err  error // exit status, valid after done
-}
+type proc = harness.Proc
+
+// tailBuffer keeps the last Max bytes written to it.
+type tailBuffer = harness.Tail
 
 // startProc starts bin with args. Children inherit the raised RLIMIT_NOFILE and
-// are killed by the kernel if this process dies (Pdeathsig).
+// are killed by the kernel if this process dies.
 func startProc(name, bin string, args []string, env []string, stdout io.Writer) (*proc, error) {
-	p := &proc{name: name, log: &tailBuffer{max: 64 << 10}, done: make(chan struct{})}
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
-	cmd.Stderr = p.log
-	cmd.Stdout = p.log
-	if stdout != nil {
-		cmd.Stdout = io.MultiWriter(p.log, stdout)
-	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p.cmd = cmd
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-// exited returns an error when the process is no longer running.
-func (p *proc) exited() error {
-	select {
-	case <-p.done:
-		return fmt.Errorf("%s exited: %v\n%s", p.name, p.err, p.log.String())
-	default:
-		return nil
-	}
-}
-
-// stop sends SIGTERM, waits up to grace, then SIGKILL.
-func (p *proc) stop(grace time.Duration) {
-	if p == nil {
-		return
-	}
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(grace):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	b   []byte
-	max int
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if over := len(t.b) - t.max; over > 0 {
-		t.b = append(t.b[:0], t.b[over:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.b)
+	cmd.Stdout = stdout
+	return harness.Start(name, cmd, 64<<10)
 }
 
 // freeAddr returns a loopback address whose port was free a moment ago.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
+func freeAddr() (string, error) { return harness.FreeAddr() }
 
-// waitReady polls check every 50 ms until it succeeds, p exits, or d passes.
+// waitReady polls check until it succeeds, p exits, or d passes.
 func waitReady(ctx context.Context, p *proc, d time.Duration, check func() error) error {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		err := check()
-		if err == nil {
-			return nil
-		}
+	var exited error
+	err := harness.Poll(ctx, func() error {
 		if p != nil {
-			if perr := p.exited(); perr != nil {
-				return perr
+			if exited = p.Running(); exited != nil {
+				return nil // stop polling: the process is gone
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s not ready: %w (last: %v)", p.name, ctx.Err(), err)
-		case <-tick.C:
-		}
+		return check()
+	})
+	if exited != nil {
+		return exited
 	}
+	if err != nil {
+		return fmt.Errorf("%s not ready: %w", p.Name, err)
+	}
+	return nil
 }
 
 func dialCheck(addr string) func() error {

@@ -205,7 +205,7 @@ func (w *world) stopAll() {
 	procs := slices.Clone(w.procs)
 	w.mu.Unlock()
 	for _, p := range slices.Backward(procs) {
-		p.stop(5 * time.Second)
+		p.Stop(5 * time.Second)
 	}
 }
 
@@ -306,7 +306,7 @@ func (e *edgeRun) stop() {
 	if e.crowd != nil {
 		e.crowd.stop()
 	}
-	e.p.stop(5 * time.Second)
+	e.p.Stop(5 * time.Second)
 }
 
 // startEdge starts an edge and connects its pilot: one viewer that parses tags,
@@ -388,7 +388,7 @@ func (w *world) prepare(ctx context.Context, st step) *pending {
 		}
 		start := time.Now()
 		for e.crowd.first().tags.Load() < edgeRing+16 {
-			if err := e.p.exited(); err != nil {
+			if err := e.p.Running(); err != nil {
 				p.err = err
 				return
 			}
@@ -528,7 +528,7 @@ type memSample struct {
 }
 
 func (e *edgeRun) memory() (memSample, error) {
-	rss, err := procRSS(e.p.pid())
+	rss, err := procRSS(e.p.PID())
 	if err != nil {
 		return memSample{}, err
 	}
@@ -622,7 +622,7 @@ func (w *world) runStep(ctx context.Context, e *edgeRun, st step) (*stepResult, 
 	var perf *proc
 	if w.cfg.perfN == st.n {
 		r.perfData = filepath.Join(filepath.Dir(w.media.path), fmt.Sprintf("edge-N%d-%s.perf.data", st.n, st.window))
-		perf, err = w.start("perf", "perf", "record", "-F", "499", "-g", "-p", strconv.Itoa(e.p.pid()),
+		perf, err = w.start("perf", "perf", "record", "-F", "499", "-g", "-p", strconv.Itoa(e.p.PID()),
 			"-o", r.perfData, "--", "sleep", strconv.Itoa(int(w.cfg.duration.Seconds())))
 		if err != nil {
 			return nil, err
@@ -645,7 +645,7 @@ func (w *world) runStep(ctx context.Context, e *edgeRun, st step) (*stepResult, 
 	e.crowd.measuring.Store(false)
 	bytes1 := e.crowd.bytes()
 	if perf != nil {
-		<-perf.done
+		<-perf.Exited()
 		r.perfSummary = perfSummary(ctx, r.perfData)
 	}
 	r.edgeCPU, r.window, r.hostBusy = used[0], wall, busy
@@ -667,7 +667,7 @@ func (w *world) runStep(ctx context.Context, e *edgeRun, st step) (*stepResult, 
 	r.edgeSkips = m1["flvcdn_edge_viewer_skips_total"] - m0["flvcdn_edge_viewer_skips_total"]
 	r.refused, r.early = e.crowd.failures()
 	r.bytesPerViewerSec = float64(bytes1-bytes0) / wall.Seconds() / float64(max(r.connected, 1))
-	if err := e.p.exited(); err != nil {
+	if err := e.p.Running(); err != nil {
 		return nil, err
 	}
 	return r, nil
@@ -675,12 +675,12 @@ func (w *world) runStep(ctx context.Context, e *edgeRun, st step) (*stepResult, 
 
 // runFloor measures the floor process with the step's N and merge window.
 func (w *world) runFloor(ctx context.Context, st step, r *stepResult) error {
-	out := &tailBuffer{max: 4096}
+	out := &tailBuffer{Max: 4096}
 	p, err := w.startOut("floor", w.self, []string{"floor", "--media", w.media.path, "--merge-window", st.window.String()}, out)
 	if err != nil {
 		return err
 	}
-	defer p.stop(5 * time.Second)
+	defer p.Stop(5 * time.Second)
 	var addr string
 	if err := waitReady(ctx, p, 20*time.Second, func() error {
 		for line := range strings.SplitSeq(out.String(), "\n") {
@@ -723,7 +723,7 @@ func (w *world) runFloor(ctx context.Context, st step, r *stepResult) error {
 	r.floorCPU, r.floorWall, r.floorShr = used[0], wall, meter.share(used, wall, busy)
 	r.floorBytesPerSec = float64(bytes1-bytes0) / wall.Seconds() / float64(max(r.floorN, 1))
 	cr.stop()
-	p.stop(5 * time.Second)
+	p.Stop(5 * time.Second)
 	for line := range strings.SplitSeq(out.String(), "\n") {
 		if v, ok := strings.CutPrefix(line, "drops "); ok {
 			r.floorDrops, _ = strconv.Atoi(strings.TrimSpace(v))
@@ -760,10 +760,10 @@ func perfSummary(ctx context.Context, file string) string {
 // other processes (on a shared machine, other people's work).
 func (w *world) meter(name string, p *proc) (*cpuMeter, error) {
 	names := []string{name, "bench (viewers)", "origin"}
-	pids := []int{p.pid(), os.Getpid(), w.originP.pid()}
+	pids := []int{p.PID(), os.Getpid(), w.originP.PID()}
 	if w.natsP != nil {
 		names = append(names, "nats")
-		pids = append(pids, w.natsP.pid())
+		pids = append(pids, w.natsP.PID())
 	}
 	m, err := startCPU(pids...)
 	if err != nil {
