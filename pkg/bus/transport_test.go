@@ -3,6 +3,7 @@ package bus
 import (
 	"bytes"
 	"context"
+	"github.com/flvcdn/flvcdn/test/harness"
 	"io"
 	"log/slog"
 	"testing"
@@ -35,18 +36,6 @@ func inProcess(t *testing.T, maxPayload int32) (pubConn, subConn *nats.Conn) {
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestFeedHoldsItsByteBound(t *testing.T) {
 	pc, sc := inProcess(t, 0)
 	pub, err := NewPublisher(pc, "o1", quiet())
@@ -72,7 +61,7 @@ func TestFeedHoldsItsByteBound(t *testing.T) {
 	if err := pc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "100 messages delivered or dropped", func() bool {
+	harness.Until(t, 5*time.Second, "100 messages delivered or dropped", func() bool {
 		feed.mu.Lock()
 		defer feed.mu.Unlock()
 		return uint64(len(feed.queue))+feed.dropped == 100
@@ -97,7 +86,7 @@ func TestFeedHoldsItsByteBound(t *testing.T) {
 		t.Fatal(err)
 	}
 	var next []Message
-	waitFor(t, 5*time.Second, "the next tag", func() bool { next = feed.Take(next); return len(next) > 0 })
+	harness.Until(t, 5*time.Second, "the next tag", func() bool { next = feed.Take(next); return len(next) > 0 })
 	if len(next) != 1 || next[0].Seq != 101 {
 		t.Fatalf("after the drop: %+v", next)
 	}
@@ -126,7 +115,7 @@ func TestSplitTagsAreRebuiltLiveAndInSnapshots(t *testing.T) {
 		}
 	}
 	var got []Message
-	waitFor(t, 5*time.Second, "two live messages", func() bool {
+	harness.Until(t, 5*time.Second, "two live messages", func() bool {
 		select {
 		case <-feed.Ready():
 			got = feed.Take(got)
@@ -178,7 +167,7 @@ func TestSplitTagsAreRebuiltLiveAndInSnapshots(t *testing.T) {
 		t.Fatal(err)
 	}
 	got = got[:0]
-	waitFor(t, 5*time.Second, "the tag after the broken one", func() bool {
+	harness.Until(t, 5*time.Second, "the tag after the broken one", func() bool {
 		select {
 		case <-feed.Ready():
 			got = feed.Take(got)
@@ -201,7 +190,7 @@ func TestEndClosesTheOutlet(t *testing.T) {
 		t.Fatal(err)
 	}
 	var m []Message
-	waitFor(t, 5*time.Second, "the end of stream", func() bool { m = feed.Take(m); return len(m) > 0 })
+	harness.Until(t, 5*time.Second, "the end of stream", func() bool { m = feed.Take(m); return len(m) > 0 })
 	if len(m) != 1 || m[0].Kind != KindEnd || m[0].Seq != 1 {
 		t.Fatalf("end: %+v", m)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/flvcdn/flvcdn/test/harness"
 	"io"
 	"log/slog"
 	"net"
@@ -272,7 +273,7 @@ func TestPullStopsAfterLinger(t *testing.T) {
 		t.Fatalf("%d streams pulled", r.hub.Streams())
 	}
 	w.v.Close()
-	waitFor(t, 3*time.Second, func() bool { return r.hub.Streams() == 0 }, "pull to stop after the linger period")
+	harness.Until(t, 3*time.Second, "pull to stop after the linger period", func() bool { return r.hub.Streams() == 0 })
 }
 
 func TestSlowViewerSkipsThenIsDropped(t *testing.T) {
@@ -368,17 +369,6 @@ func TestOversizedTagIsSplitAndRebuilt(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, d time.Duration, ok func() bool, what string) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func TestViewerLimits(t *testing.T) {
 	r := newRig(t, edge.Config{MergeWindow: 5 * time.Millisecond, MaxViewersPerStream: 2, MaxViewers: 3})
 	for _, n := range []string{"live/one", "live/two"} {
@@ -394,13 +384,13 @@ func TestViewerLimits(t *testing.T) {
 		t.Fatalf("fourth viewer of the edge: %v, want ErrTooManyViewers", err)
 	}
 	a.v.Close()
-	waitFor(t, 3*time.Second, func() bool {
+	harness.Until(t, 3*time.Second, "a freed slot to admit a viewer", func() bool {
 		v, err := r.hub.Watch(r.ctx, name("live/one"))
 		if err == nil {
 			v.Close()
 		}
 		return err == nil
-	}, "a freed slot to admit a viewer")
+	})
 	_ = b
 }
 
@@ -420,7 +410,7 @@ func TestViewerArrivingBeforeFirstTagWaitsForAStart(t *testing.T) {
 		got <- v
 	}()
 	// The snapshot is empty; headers and the first keyframe come live afterwards.
-	waitFor(t, 5*time.Second, func() bool { return r.hub.Streams() == 1 }, "the edge to pull")
+	harness.Until(t, 5*time.Second, "the edge to pull", func() bool { return r.hub.Streams() == 1 })
 	time.Sleep(50 * time.Millisecond) // let the empty snapshot land first (not a correctness wait)
 	p := &publisher{s: s, gop: 10}
 	must(t, s.WriteTag(flv.TypeScript, 0, metadata()))
@@ -481,5 +471,5 @@ func TestDeadStreamAnswersNotFoundToRetryingPlayers(t *testing.T) {
 			t.Fatalf("still %v 10s after the claim lapsed", err)
 		}
 	}
-	waitFor(t, 5*time.Second, func() bool { return r.hub.Streams() == 0 && r.hub.Viewers() == 0 }, "the failed pull to stop")
+	harness.Until(t, 5*time.Second, "the failed pull to stop", func() bool { return r.hub.Streams() == 0 && r.hub.Viewers() == 0 })
 }

@@ -3,6 +3,7 @@ package origin
 import (
 	"context"
 	"errors"
+	"github.com/flvcdn/flvcdn/test/harness"
 	"io"
 	"log/slog"
 	"testing"
@@ -217,13 +218,7 @@ func TestSilentPublisherIsReplacedLiveOneIsNot(t *testing.T) {
 	if _, err := o.Publish(context.Background(), name("live/re"), ""); !errors.Is(err, registry.ErrTaken) {
 		t.Fatalf("a live publisher must not be displaced: %v", err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for !old.silentFor(300 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("publisher never went silent")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	harness.Until(t, 5*time.Second, "the publisher to go silent", func() bool { return old.silentFor(300 * time.Millisecond) })
 	s, err := o.Publish(context.Background(), name("live/re"), "")
 	if err != nil {
 		t.Fatalf("reconnecting encoder refused: %v", err)

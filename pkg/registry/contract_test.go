@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/flvcdn/flvcdn/test/harness"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"slices"
 	"strings"
@@ -119,13 +120,7 @@ func waitUntil(t *testing.T, s Store, d time.Duration, what string, cond func() 
 	if ff, ok := clocks.Load(s); ok {
 		ff.(func(time.Duration))(d)
 	}
-	deadline := time.Now().Add(d + waitLimit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	harness.Until(t, d+waitLimit, what, cond)
 }
 
 func waitStreamGone(t *testing.T, s Store, stream string) {
