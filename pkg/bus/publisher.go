@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
 
@@ -59,7 +58,6 @@ type Outlet struct {
 	seq      uint64
 	sub      *nats.Subscription
 	requests chan SnapshotRequest
-	dropped  atomic.Uint64
 	closed   bool
 }
 
@@ -79,7 +77,7 @@ func (p *Publisher) Open(name string, id uint64) (*Outlet, error) {
 		select {
 		case o.requests <- SnapshotRequest{reply: m.Reply}:
 		default:
-			o.dropped.Add(1)
+			requestsDropped.Inc()
 		}
 	})
 	if err != nil {
@@ -157,9 +155,6 @@ func (o *Outlet) Answer(r SnapshotRequest, frames []Frame, flags byte) error {
 	}
 	return nil
 }
-
-// DroppedRequests counts snapshot requests dropped because the queue was full.
-func (o *Outlet) DroppedRequests() uint64 { return o.dropped.Load() }
 
 // End tells edges the publisher left (a KindEnd after the last tag) and stops
 // taking snapshot requests. Further Sends fail with ErrClosed.

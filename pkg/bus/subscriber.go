@@ -91,6 +91,7 @@ func (f *Feed) onMsg(m *nats.Msg) {
 	if f.bytes+len(d.Tag) > f.max {
 		f.dropped++
 		f.mu.Unlock()
+		feedDropped.Inc()
 		return
 	}
 	f.queue = append(f.queue, d)
@@ -106,6 +107,7 @@ func (f *Feed) drop() {
 	f.mu.Lock()
 	f.dropped++
 	f.mu.Unlock()
+	feedDropped.Inc()
 }
 
 // Ready has a value when messages are waiting; then call Take.
