@@ -59,7 +59,7 @@ func (p *countingPub) Close(context.Context)               { p.ing.nopen.Add(-1)
 func quietLogrus() *logrus.Logger { l := logrus.New(); l.SetOutput(io.Discard); return l }
 
 // startServer runs an rtmp.Server on a loopback port until the test ends.
-func startServer(t *testing.T, ing Ingest) string {
+func startServer(t testing.TB, ing Ingest) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -113,7 +113,7 @@ func publishLoop(t *testing.T, addr, name string, stop <-chan struct{}) <-chan e
 }
 
 // handshake performs a plain RTMP handshake as a client.
-func handshake(t *testing.T, conn net.Conn) {
+func handshake(t testing.TB, conn net.Conn) {
 	t.Helper()
 	c1 := make([]byte, 1+1536)
 	c1[0] = 3
