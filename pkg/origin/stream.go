@@ -42,6 +42,8 @@ type Stream struct {
 	hasAudio bool
 	hasVideo bool
 	closed   bool
+
+	pendingAllocs [][]byte // Alloc's frames not yet written (ingest goroutine only)
 }
 
 func newStream(o *Origin, name stream.Name, s bus.Session) *Stream {
@@ -243,4 +245,70 @@ func (s *Stream) Close(ctx context.Context) {
 	close(s.closedCh)
 	streamsGauge.Dec()
 	s.o.log.Info("publish ended", "stream", s.name, "session", s.session.String(), "tags", seq-1)
+}
+
+// Temporary adapter for rtmp.Publication's Alloc/Write (the lead replaces it on merge).
+
+// maxPendingAllocs bounds the frames Alloc handed out that Write has not seen yet. The
+// RTMP normaliser has one per chunk stream with a message in flight (two for an encoder
+// interleaving audio and video); one it abandons (Abort, connection end) is forgotten
+// once this many newer ones exist.
+const maxPendingAllocs = 16
+
+// Alloc returns a tag with an n-byte body for the caller to fill, inside a new bus frame
+// (the prefix headroom is in front of it). Called from the ingest goroutine only.
+func (s *Stream) Alloc(typ byte, ts uint32, n int) flv.Tag {
+	frame, tag := flv.AllocTag(bus.PrefixLen(s.session), typ, ts, n)
+	if len(s.pendingAllocs) == maxPendingAllocs {
+		s.pendingAllocs = append(s.pendingAllocs[:0], s.pendingAllocs[1:]...)
+	}
+	s.pendingAllocs = append(s.pendingAllocs, frame)
+	return tag
+}
+
+// Write ingests a tag from Alloc, body filled, as WriteTag does but without the copy:
+// the tag's timestamp is rewritten onto the timeline and the prefix written in front
+// of it in place. From here the frame is shared and immutable.
+func (s *Stream) Write(t flv.Tag) error {
+	s.lastWrite.Store(time.Now().UnixNano())
+	var frame []byte
+	for i, f := range s.pendingAllocs {
+		if len(t) > 0 && len(f) > len(t) && &f[len(f)-len(t)] == &t[0] {
+			frame = f
+			s.pendingAllocs = append(s.pendingAllocs[:i], s.pendingAllocs[i+1:]...)
+			break
+		}
+	}
+	if frame == nil {
+		return fmt.Errorf("origin: %s: Write of a tag not from Alloc", s.name)
+	}
+	body := t.Body()
+	if len(body) == 0 {
+		return nil
+	}
+	typ := t.Type()
+	kind := flv.Classify(typ, body)
+	if typ == flv.TypeScript && kind != flv.KindMetadata {
+		return nil
+	}
+	out := s.timeline.Map(t.Timestamp())
+	if kind == flv.KindMetadata {
+		out = 0
+	}
+	t.SetTimestamp(out)
+
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return fmt.Errorf("origin: %s: write after close", s.name)
+	}
+	s.seq++
+	seq := s.seq
+	bus.PutPrefix(frame, bus.KindTag, seq, s.session)
+	s.cache(kind, frame, t)
+	s.mu.Unlock()
+
+	tagsIn.Inc()
+	bytesIn.Add(float64(len(body)))
+	return s.publish(s.subject, frame, seq)
 }
