@@ -66,10 +66,14 @@ func (b *benchIngest) Publish(context.Context, stream.Name, string) (Publication
 	return &b.pub, nil
 }
 
-func (p *benchPub) WriteTag(typ byte, ts uint32, body []byte) error {
-	buf, _ := flv.NewTag(benchHeadroom, typ, ts, body)
+func (p *benchPub) Alloc(typ byte, ts uint32, n int) flv.Tag {
+	buf, t := flv.AllocTag(benchHeadroom, typ, ts, n)
 	p.sink = buf
-	p.count(len(body))
+	return t
+}
+
+func (p *benchPub) Write(t flv.Tag) error {
+	p.count(len(t.Body()))
 	return nil
 }
 

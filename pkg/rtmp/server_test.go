@@ -17,6 +17,7 @@ import (
 	gortmp "github.com/yutopp/go-rtmp"
 	rtmpmsg "github.com/yutopp/go-rtmp/message"
 
+	"github.com/flvcdn/flvcdn/pkg/flv"
 	"github.com/flvcdn/flvcdn/pkg/stream"
 )
 
@@ -52,9 +53,13 @@ func (c *countingIngest) count(name stream.Name) int64 {
 	return c.tags[name].Load()
 }
 
-func (p *countingPub) WriteTag(byte, uint32, []byte) error { p.n.Add(1); return nil }
-func (p *countingPub) Kicked() <-chan struct{}             { return p.kicked }
-func (p *countingPub) Close(context.Context)               { p.ing.nopen.Add(-1) }
+func (p *countingPub) Alloc(typ byte, ts uint32, n int) flv.Tag {
+	_, t := flv.AllocTag(0, typ, ts, n)
+	return t
+}
+func (p *countingPub) Write(flv.Tag) error     { p.n.Add(1); return nil }
+func (p *countingPub) Kicked() <-chan struct{} { return p.kicked }
+func (p *countingPub) Close(context.Context)   { p.ing.nopen.Add(-1) }
 
 func quietLogrus() *logrus.Logger { l := logrus.New(); l.SetOutput(io.Discard); return l }
 
