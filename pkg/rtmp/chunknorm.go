@@ -70,9 +70,9 @@ const (
 
 	cnReadBufferSize = 16 << 10
 
-	// cnPoolKeepCap: message buffers larger than this are not kept for reuse after the
-	// message is delivered, so one huge message does not pin its memory for the life of
-	// the connection. Typical keyframes are well below it.
+	// cnPoolKeepCap: message buffers (for go-rtmp's messages; media goes into tags)
+	// larger than this are not kept for reuse after the message is delivered, so one huge
+	// message does not pin its memory for the life of the connection.
 	cnPoolKeepCap = 4 << 20
 
 	// cnMaxOutHeader is the longest fmt-0 chunk header we emit: 3-byte basic header,
@@ -172,8 +172,9 @@ var _ io.ReadWriteCloser = (*chunkNormalizer)(nil)
 // newChunkNormalizer wraps conn for go-rtmp. The read side passes the handshake through
 // untouched (C0+C1+C2 from the client), then parses the client's chunk stream itself (fmt
 // 0-3 headers, 1/2/3-byte basic headers, extended timestamps on every fmt including fmt 3,
-// SetChunkSize and Abort), assembles whole messages and re-emits each as one fmt-0 chunk
-// with an absolute timestamp, after first injecting one SetChunkSize(0xFFFFFF) message.
+// SetChunkSize and Abort), assembles whole messages and re-emits each that go-rtmp needs
+// as one fmt-0 chunk with an absolute timestamp, after first injecting one
+// SetChunkSize(0xFFFFFF) message.
 // Client SetChunkSize, Abort and Window Acknowledgement Size messages are consumed, audio
 // and video go to the publication or nowhere (see publish); everything else is forwarded
 // with its type id, message stream id and csid. Zero-length messages are dropped: they

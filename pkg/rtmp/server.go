@@ -9,9 +9,10 @@
 // go-rtmp: their chunk payloads are read from the connection's read buffer straight into
 // the body of a tag from Publication.Alloc, the one copy this package makes of them, and
 // the tag goes to Publication.Write. Metadata (@setDataFrame, a few hundred bytes a
-// stream) still goes through go-rtmp and is copied on the way: into the normaliser's
-// message buffer, go-rtmp's read buffer, its message buffer, its @setDataFrame decode
-// buffer, then the tag. This package never keeps media.
+// stream) still goes through go-rtmp and is copied four or five times on the way: into
+// the normaliser's message buffer, go-rtmp's read buffer (unless go-rtmp reads past it),
+// its message buffer, its @setDataFrame decode buffer, then the tag. This package never
+// keeps media.
 package rtmp
 
 import (
