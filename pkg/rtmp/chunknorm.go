@@ -23,9 +23,10 @@ package rtmp
 //
 // Acknowledgements: go-rtmp acknowledges the bytes it reads itself, which no longer
 // include the media. So the normaliser consumes the client's Window Acknowledgement Size
-// (go-rtmp then never acknowledges: its window stays at the 2 GiB default) and sends the
-// acknowledgements itself, through normalizerConfig.Ack, counting every byte received
-// after the handshake, each time half a window has arrived (as go-rtmp did).
+// and sends the acknowledgements itself, through normalizerConfig.Ack, counting every byte
+// received after the handshake, each time half a window has arrived (as go-rtmp did).
+// go-rtmp's own window stays at its 2 GiB default, so it would acknowledge only after
+// 1 GiB of non-media messages, which publishers do not send.
 //
 // Written from the RTMP 1.0 specification (section 5.3 "Chunking") and by reading how
 // go-rtmp consumes its io.ReadWriteCloser; no foreign code is copied.

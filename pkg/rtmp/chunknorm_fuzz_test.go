@@ -12,7 +12,8 @@ import (
 )
 
 // cnFuzzConfig is small so the fuzzer reaches the limits quickly.
-var cnFuzzConfig = normalizerConfig{MaxMessageSize: 1 << 16, MaxChunkStreams: 4}
+// Its Ack accepts everything, so acknowledgement bookkeeping runs too.
+var cnFuzzConfig = normalizerConfig{MaxMessageSize: 1 << 16, MaxChunkStreams: 4, Ack: func(uint32) error { return nil }}
 
 // cnCheckBounds verifies the normaliser's memory accounting: at most MaxChunkStreams
 // partial messages, at most MaxChunkStreams+1 message buffers alive (partials, the one
@@ -150,6 +151,12 @@ func FuzzChunkNormalizer(f *testing.F) {
 	b = cnChunk{fmt: 3, csid: 6, ext: true, extVal: 0x1000000, payload: make([]byte, 44)}.appendTo(b)
 	f.Add(b)
 	f.Add(cnChunk{fmt: 0, csid: 2, length: 4, typ: 1, payload: binary.BigEndian.AppendUint32(nil, 0x80000000)}.appendTo(nil))
+	// A small acknowledgement window, then media on the publishing stream and another.
+	b = cnChunk{fmt: 0, csid: 2, length: 4, typ: 5, payload: binary.BigEndian.AppendUint32(nil, 64)}.appendTo(nil)
+	b = cnChunk{fmt: 0, csid: 6, ts: 40, length: 200, typ: 9, sid: 1, payload: make([]byte, 128)}.appendTo(b)
+	b = cnChunk{fmt: 0, csid: 4, ts: 41, length: 20, typ: 8, sid: 2, payload: make([]byte, 20)}.appendTo(b)
+	b = cnChunk{fmt: 3, csid: 6, payload: make([]byte, 72)}.appendTo(b)
+	f.Add(b)
 	f.Add([]byte{})
 
 	f.Fuzz(func(t *testing.T, data []byte) {

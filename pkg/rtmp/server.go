@@ -217,7 +217,7 @@ func (h *handler) OnSetDataFrame(ts uint32, data *rtmpmsg.NetStreamSetDataFrame)
 }
 
 // OnDeleteStream ends the delivery of media when the client deletes the publishing
-// stream (ffmpeg and OBS do before they disconnect); the publication itself ends with
+// stream (ffmpeg 5.1 does before it disconnects); the publication itself ends with
 // the connection.
 func (h *handler) OnDeleteStream(_ uint32, cmd *rtmpmsg.NetStreamDeleteStream) error {
 	if h.pub != nil && cmd.StreamID == h.pubStream {
