@@ -2,8 +2,10 @@
 // PreviousTagSize), and what a tag is (codec, keyframe, sequence header).
 //
 // A Tag is the complete wire form of one FLV tag, PreviousTagSize included, so the
-// bytes built once at ingest are the bytes every viewer receives. This package never
-// copies a tag except in NewTag, the one place where ingest copies a payload.
+// bytes built once at ingest are the bytes every viewer receives. AllocTag lays out a tag
+// whose body the caller fills in place (RTMP ingest reads it from the connection);
+// NewTag copies a body the caller already holds; Reader reads tags from a file. Nothing
+// else in this package copies a tag.
 package flv
 
 import (
@@ -77,17 +79,11 @@ func ParseFileHeader(b []byte) (flags byte, err error) {
 // except through SetTimestamp by their single owner before sharing.
 type Tag []byte
 
-// NewTag builds a tag in a new buffer that has room for headroom bytes in front of it
-// (the bus prefix), copying body once. It returns the whole buffer and the tag inside it.
-func NewTag(headroom int, typ byte, ts uint32, body []byte) (buf []byte, t Tag) {
-	buf, t = AllocTag(headroom, typ, ts, len(body))
-	copy(t.Body(), body)
-	return buf, t
-}
-
-// AllocTag is NewTag without the copy: one allocation with headroom, the tag header
-// and the PreviousTagSize trailer written, and an n-byte body left for the caller
-// to fill (t.Body()) before the tag is shared.
+// AllocTag allocates one buffer of headroom+TagHeaderSize+n+TrailerSize bytes and
+// writes a tag's header (type, data size n, timestamp ts) and PreviousTagSize into it,
+// leaving the n-byte body (t.Body()) for the caller to fill. It returns the whole buffer
+// and the tag inside it; the headroom in front of the tag is the caller's (the bus
+// prefix). Ingest fills the body straight from the connection, so the tag needs no copy.
 func AllocTag(headroom int, typ byte, ts uint32, n int) (buf []byte, t Tag) {
 	buf = make([]byte, headroom+TagHeaderSize+n+TrailerSize)
 	t = Tag(buf[headroom:])
@@ -96,6 +92,14 @@ func AllocTag(headroom int, typ byte, ts uint32, n int) (buf []byte, t Tag) {
 	t.SetTimestamp(ts)
 	// stream id (3 bytes) stays zero
 	binary.BigEndian.PutUint32(t[TagHeaderSize+n:], uint32(TagHeaderSize+n))
+	return buf, t
+}
+
+// NewTag is AllocTag with body copied in: the copy for callers that hold the body
+// elsewhere already (the file source, metadata, tests).
+func NewTag(headroom int, typ byte, ts uint32, body []byte) (buf []byte, t Tag) {
+	buf, t = AllocTag(headroom, typ, ts, len(body))
+	copy(t[TagHeaderSize:], body)
 	return buf, t
 }
 

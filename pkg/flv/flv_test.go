@@ -219,3 +219,35 @@ func TestTimeline(t *testing.T) {
 		t.Fatalf("Now after a tag at 700: %d", tl.Now())
 	}
 }
+
+func TestAllocTag(t *testing.T) {
+	const headroom, n = 7, 300
+	buf, tag := AllocTag(headroom, TypeVideo, 0x01234567, n)
+	if len(buf) != headroom+TagHeaderSize+n+TrailerSize || cap(buf) != len(buf) {
+		t.Fatalf("buffer %d bytes (cap %d), want %d", len(buf), cap(buf), headroom+TagHeaderSize+n+TrailerSize)
+	}
+	if &buf[headroom] != &tag[0] || len(tag) != len(buf)-headroom {
+		t.Fatal("tag is not the buffer after the headroom")
+	}
+	body := tag.Body()
+	if len(body) != n {
+		t.Fatalf("body %d bytes, want %d", len(body), n)
+	}
+	for i := range body {
+		body[i] = byte(i)
+	}
+	if err := tag.Check(); err != nil {
+		t.Fatal(err)
+	}
+	if tag.Type() != TypeVideo || tag.Timestamp() != 0x01234567 || tag.DataSize() != n {
+		t.Fatalf("type %d ts %#x size %d", tag.Type(), tag.Timestamp(), tag.DataSize())
+	}
+	// NewTag is AllocTag plus the copy: same bytes.
+	_, want := NewTag(headroom, TypeVideo, 0x01234567, body)
+	if !bytes.Equal(tag, want) {
+		t.Fatal("AllocTag+fill differs from NewTag")
+	}
+	if _, empty := AllocTag(0, TypeAudio, 0, 0); empty.Check() != nil || len(empty.Body()) != 0 {
+		t.Fatal("empty tag malformed")
+	}
+}

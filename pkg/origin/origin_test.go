@@ -247,3 +247,76 @@ func TestPublishKeyAndDraining(t *testing.T) {
 		t.Fatalf("liveness record %+v %v", info, err)
 	}
 }
+
+// The temporary Alloc/Write adapter publishes what WriteTag publishes, without the copy.
+func TestAllocWriteMatchesWriteTag(t *testing.T) {
+	e := newEnv(t)
+	o := e.origin(t, Config{ID: "o1"})
+	live := func(n string) *nats.Subscription {
+		sub, err := e.nc.SubscribeSync(bus.LiveSubject(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sub
+	}
+	subA, subB := live("live/a"), live("live/b")
+	a, err := o.Publish(context.Background(), name("live/a"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := o.Publish(context.Background(), name("live/b"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type in struct {
+		typ  byte
+		ts   uint32
+		body []byte
+	}
+	ins := []in{{flv.TypeScript, 5, meta}, {flv.TypeVideo, 1000, videoHdr}, {flv.TypeAudio, 1000, audioHdr},
+		{flv.TypeVideo, 1000, key(1)}, {flv.TypeAudio, 1020, aac(2)}, {flv.TypeVideo, 1040, inter(3)}}
+	var pending []flv.Tag
+	for i, x := range ins {
+		if err := a.WriteTag(x.typ, x.ts, x.body); err != nil {
+			t.Fatal(err)
+		}
+		tag := b.Alloc(x.typ, x.ts, len(x.body))
+		copy(tag.Body(), x.body)
+		if i == 4 { // two tags allocated at once (as with interleaved chunk streams)
+			pending = append(pending, tag)
+			continue
+		}
+		for _, p := range append(pending, tag) {
+			if err := b.Write(p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		pending = nil
+	}
+	if err := b.Write(flv.Tag(append([]byte(nil), key(9)...))); err == nil {
+		t.Fatal("Write accepted a tag that did not come from Alloc")
+	}
+	next := func(sub *nats.Subscription) bus.Message {
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := bus.Decode(m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	got := map[string]flv.Tag{}
+	for range ins {
+		da := next(subA)
+		got[string(da.Tag.Body())] = da.Tag
+	}
+	for range ins {
+		db := next(subB)
+		want, ok := got[string(db.Tag.Body())]
+		if !ok || string(want) != string(db.Tag) || db.Session.Origin != "o1" {
+			t.Fatalf("Alloc/Write published %x, WriteTag %x", []byte(db.Tag), []byte(want))
+		}
+	}
+}

@@ -43,7 +43,7 @@ type Stream struct {
 	kicked    chan struct{}  // closed when the origin wants the publisher gone
 	kickOnce  sync.Once      //
 	lastWrite atomic.Int64   // unix nanos of the last tag from the publisher
-	pending   bus.Frame      // ingest goroutine only: the frame of the last Alloc
+	pending   []bus.Frame    // ingest goroutine only: Alloc'ed frames not yet written
 	closeOnce sync.Once      //
 	released  chan struct{}  // closed when Close has released the claim
 	tagsIn    atomic.Uint64  // tags ingested, written by the actor
@@ -87,23 +87,34 @@ func (s *Stream) silentFor(d time.Duration) bool {
 	return time.Since(time.Unix(0, s.lastWrite.Load())) > d
 }
 
+// maxPending bounds the frames Alloc handed out that Write has not seen yet. RTMP
+// interleaves chunk streams, so ingest has one message in flight per chunk stream
+// (two for an encoder interleaving audio and video); a frame it abandons (an aborted
+// message, a connection that ends) is forgotten once this many newer ones exist.
+const maxPending = 16
+
 // Alloc returns a new tag of type typ at ts with an n-byte body for the caller to
 // fill before Write. Its backing array has room in front for the bus prefix, so the
 // bytes ingest reads into it are the bytes published: no copy.
 // Alloc and Write are called from the ingest goroutine only.
 func (s *Stream) Alloc(typ byte, ts uint32, n int) flv.Tag {
-	s.pending = s.out.Alloc(typ, ts, n)
-	return s.pending.Tag
+	if len(s.pending) == maxPending {
+		s.pending = append(s.pending[:0], s.pending[1:]...)
+	}
+	f := s.out.Alloc(typ, ts, n)
+	s.pending = append(s.pending, f)
+	return f.Tag
 }
 
 // Write ingests a tag from Alloc, body filled. It is shared and immutable from then on.
 func (s *Stream) Write(t flv.Tag) error {
-	f := s.pending
-	s.pending = bus.Frame{}
-	if len(t) == 0 || len(f.Tag) == 0 || &t[0] != &f.Tag[0] {
-		return fmt.Errorf("origin: %s: Write of a tag that is not the last Alloc'ed one", s.name)
+	for i, f := range s.pending {
+		if len(t) > 0 && len(f.Tag) > 0 && &t[0] == &f.Tag[0] {
+			s.pending = append(s.pending[:i], s.pending[i+1:]...)
+			return s.submit(f)
+		}
 	}
-	return s.submit(f)
+	return fmt.Errorf("origin: %s: Write of a tag that did not come from Alloc", s.name)
 }
 
 // WriteTag ingests one tag body, copying it into a new frame (for sources that

@@ -8,9 +8,25 @@ package rtmp
 // requires), so once timestamps pass 0xFFFFFF ms (4h40m, or at once for an encoder that
 // starts high) go-rtmp reads 4 bytes of the extended field as payload, loses framing and
 // resets the connection. Forks are not reachable from the module proxy here, so instead of
-// patching the library we give it a chunk stream it parses correctly: every message is
-// re-emitted as exactly one fmt-0 chunk (whose extended timestamp go-rtmp does read), after
-// a SetChunkSize(0xFFFFFF) that guarantees no message ever needs a continuation chunk.
+// patching the library we parse the client's chunk stream ourselves and give go-rtmp only
+// what it parses correctly: every message it still needs is re-emitted as exactly one fmt-0
+// chunk (whose extended timestamp go-rtmp does read), after a SetChunkSize(0xFFFFFF) that
+// guarantees no message ever needs a continuation chunk.
+//
+// Media bypasses go-rtmp. Audio (type 8) and video (type 9) messages on the message
+// stream of an accepted publish are assembled straight into a tag from the Publication's
+// Alloc: each chunk's payload is read from the connection's read buffer into the tag body
+// (one copy; a read larger than the buffer lands in the body directly), and the finished
+// tag goes to Publication.Write. Media before the publish, or on another message stream,
+// is read past and dropped, as go-rtmp ignores it. Everything else (commands, data such
+// as @setDataFrame, user control) still reaches go-rtmp as above.
+//
+// Acknowledgements: go-rtmp acknowledges the bytes it reads itself, which no longer
+// include the media. So the normaliser consumes the client's Window Acknowledgement Size
+// and sends the acknowledgements itself, through normalizerConfig.Ack, counting every byte
+// received after the handshake, each time half a window has arrived (as go-rtmp did).
+// go-rtmp's own window stays at its 2 GiB default, so it would acknowledge only after
+// 1 GiB of non-media messages, which publishers do not send.
 //
 // Written from the RTMP 1.0 specification (section 5.3 "Chunking") and by reading how
 // go-rtmp consumes its io.ReadWriteCloser; no foreign code is copied.
@@ -21,8 +37,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"time"
+
+	"github.com/flvcdn/flvcdn/pkg/flv"
 )
 
 const (
@@ -52,9 +71,9 @@ const (
 
 	cnReadBufferSize = 16 << 10
 
-	// cnPoolKeepCap: message buffers larger than this are not kept for reuse after the
-	// message is delivered, so one huge message does not pin its memory for the life of
-	// the connection. Typical keyframes are well below it.
+	// cnPoolKeepCap: message buffers (for go-rtmp's messages; media goes into tags)
+	// larger than this are not kept for reuse after the message is delivered, so one huge
+	// message does not pin its memory for the life of the connection.
 	cnPoolKeepCap = 4 << 20
 
 	// cnMaxOutHeader is the longest fmt-0 chunk header we emit: 3-byte basic header,
@@ -63,6 +82,9 @@ const (
 
 	cnTypeSetChunkSize = 1
 	cnTypeAbort        = 2
+	cnTypeWinAckSize   = 5
+	cnTypeAudio        = 8
+	cnTypeVideo        = 9
 )
 
 // normalizerConfig bounds and times the normaliser. Zero values select the defaults.
@@ -71,6 +93,9 @@ type normalizerConfig struct {
 	WriteTimeout    time.Duration // deadline set on conn before every Write; 0 = none
 	MaxMessageSize  uint32        // larger messages are refused (default and ceiling 16 MiB-1, the RTMP maximum)
 	MaxChunkStreams int           // bound on distinct csids with partial messages in flight (default 64)
+	// Ack sends an Acknowledgement carrying the count of bytes received (see above);
+	// nil sends none.
+	Ack func(sequence uint32) error
 }
 
 // cnStream is the receive state of one chunk stream id (csid).
@@ -88,20 +113,24 @@ type cnStream struct {
 	streamID  uint32
 
 	inFlight bool   // a message is partially received
-	buf      []byte // its payload so far (len = bytes received); from the normaliser's pool
+	got      uint32 // payload bytes of the current message received so far
+	// Where the current message's payload goes: exactly one of these while it is received.
+	buf     []byte  // messages for go-rtmp: payload so far (len = got); from the normaliser's pool
+	tag     flv.Tag // publishing media: the Publication's tag, body filled up to got
+	discard bool    // other media: read past and dropped
 }
 
 // chunkNormalizer implements io.ReadWriteCloser for go-rtmp's ServerConfig.OnConnect.
 // Read yields the client's handshake unchanged and then a normalised chunk stream;
 // Write and Close pass through to conn (Write with a deadline).
 //
-// Read is called from one goroutine (go-rtmp's message loop) and Write from another (its
-// writer); they share no state. Note: go-rtmp counts the bytes it reads from us for its
-// Acknowledgement messages, so acks report normalised bytes, which are slightly fewer
-// than the bytes on the wire (fewer chunk headers). Encoders do not throttle on acks.
+// Read is called from one goroutine (go-rtmp's message loop), which is also the one that
+// runs the handler (publish, unpublish, the Ack callback); Write is called from go-rtmp's
+// writer goroutine. Read and Write share no state.
 type chunkNormalizer struct {
 	conn net.Conn
 	cfg  normalizerConfig
+	rd   *cnDeadlineReader
 	br   *bufio.Reader
 
 	handshakeLeft int  // client handshake bytes still to pass through
@@ -114,6 +143,16 @@ type chunkNormalizer struct {
 	inFlight int // number of csids with a partial message
 
 	free [][]byte // message buffers for reuse (len 0)
+
+	// Publishing: media on message stream pubStream goes to pub (see publish).
+	pub       Publication
+	pubStream uint32
+	pubLog    *slog.Logger
+	tagBytes  uint64 // declared bytes of tags allocated and not yet written
+	abandoned uint64 // declared bytes of tags dropped by Abort before they were received
+
+	ackWindow uint32 // client's Window Acknowledgement Size; 0 = none announced
+	acked     uint64 // bytes received when the last acknowledgement was sent
 
 	// Pending output: one re-emitted message served to Read from hdr then body.
 	hdr        [cnMaxOutHeader]byte
@@ -134,11 +173,13 @@ var _ io.ReadWriteCloser = (*chunkNormalizer)(nil)
 // newChunkNormalizer wraps conn for go-rtmp. The read side passes the handshake through
 // untouched (C0+C1+C2 from the client), then parses the client's chunk stream itself (fmt
 // 0-3 headers, 1/2/3-byte basic headers, extended timestamps on every fmt including fmt 3,
-// SetChunkSize and Abort), assembles whole messages and re-emits each as one fmt-0 chunk
-// with an absolute timestamp, after first injecting one SetChunkSize(0xFFFFFF) message.
-// Client SetChunkSize and Abort messages are consumed; everything else is forwarded with
-// its type id, message stream id and csid. Zero-length messages are dropped: they carry
-// nothing and go-rtmp v0.0.7 panics on them.
+// SetChunkSize and Abort), assembles whole messages and re-emits each that go-rtmp needs
+// as one fmt-0 chunk with an absolute timestamp, after first injecting one
+// SetChunkSize(0xFFFFFF) message.
+// Client SetChunkSize, Abort and Window Acknowledgement Size messages are consumed, audio
+// and video go to the publication or nowhere (see publish); everything else is forwarded
+// with its type id, message stream id and csid. Zero-length messages are dropped: they
+// carry nothing and go-rtmp v0.0.7 panics on them.
 func newChunkNormalizer(conn net.Conn, cfg normalizerConfig) *chunkNormalizer {
 	if cfg.MaxMessageSize == 0 || cfg.MaxMessageSize > cnMaxMessageLength {
 		cfg.MaxMessageSize = cnMaxMessageLength
@@ -146,12 +187,45 @@ func newChunkNormalizer(conn net.Conn, cfg normalizerConfig) *chunkNormalizer {
 	if cfg.MaxChunkStreams <= 0 {
 		cfg.MaxChunkStreams = cnDefaultMaxChunkStreams
 	}
+	rd := &cnDeadlineReader{conn: conn, timeout: cfg.ReadTimeout}
 	return &chunkNormalizer{
 		conn:          conn,
 		cfg:           cfg,
-		br:            bufio.NewReaderSize(&cnDeadlineReader{conn: conn, timeout: cfg.ReadTimeout}, cnReadBufferSize),
+		rd:            rd,
+		br:            bufio.NewReaderSize(rd, cnReadBufferSize),
 		handshakeLeft: cnHandshakeSize,
 		chunkSize:     128, // RTMP default until the client sends SetChunkSize
+	}
+}
+
+// publish routes the audio and video messages of message stream streamID to pub from the
+// next message on; log reports tags pub refuses. go-rtmp calls its handler's OnPublish
+// from the goroutine that calls Read, between two Reads, and nothing after the publish
+// command has been parsed yet, so no media message can slip past.
+func (c *chunkNormalizer) publish(streamID uint32, pub Publication, log *slog.Logger) {
+	c.pub, c.pubStream, c.pubLog = pub, streamID, log
+}
+
+// unpublish stops routing media to the publication (the client deleted the stream);
+// messages in flight into tags are read past and dropped from here on.
+func (c *chunkNormalizer) unpublish() {
+	c.pub = nil
+	c.eachStream(func(cs *cnStream) {
+		if cs.tag != nil {
+			c.tagBytes -= uint64(cs.length)
+			cs.tag, cs.discard = nil, true
+		}
+	})
+}
+
+func (c *chunkNormalizer) eachStream(f func(*cnStream)) {
+	for _, cs := range c.small {
+		if cs != nil {
+			f(cs)
+		}
+	}
+	for _, cs := range c.big {
+		f(cs)
 	}
 }
 
@@ -161,6 +235,7 @@ func newChunkNormalizer(conn net.Conn, cfg normalizerConfig) *chunkNormalizer {
 type cnDeadlineReader struct {
 	conn    net.Conn
 	timeout time.Duration
+	n       uint64 // bytes received, handshake included
 }
 
 func (r *cnDeadlineReader) Read(p []byte) (int, error) {
@@ -169,7 +244,9 @@ func (r *cnDeadlineReader) Read(p []byte) (int, error) {
 			return 0, fmt.Errorf("rtmp conn: set read deadline: %w", err)
 		}
 	}
-	return r.conn.Read(p)
+	n, err := r.conn.Read(p)
+	r.n += uint64(n)
+	return n, err
 }
 
 // Read returns handshake bytes, then normalised chunks. It returns as soon as it has
@@ -283,17 +360,39 @@ func (c *chunkNormalizer) setPending(csid, ts uint32, typeID byte, streamID uint
 	c.body, c.bodyOff, c.bodyPooled = body, 0, pooled
 }
 
-// nextMessage reads chunks until a message is ready to be passed on.
+// nextMessage reads chunks until a message is ready to be passed on to go-rtmp. Media
+// is delivered to the publication on the way.
 func (c *chunkNormalizer) nextMessage() error {
 	for {
 		ready, err := c.readChunk()
 		if err != nil {
 			return err
 		}
+		if err := c.maybeAck(); err != nil {
+			return err
+		}
 		if ready {
 			return nil
 		}
 	}
+}
+
+// maybeAck sends an Acknowledgement once half of the client's window has been received
+// since the last one. Its sequence number counts the bytes received after the handshake,
+// modulo 2^32 as the field requires.
+func (c *chunkNormalizer) maybeAck() error {
+	if c.ackWindow == 0 || c.cfg.Ack == nil {
+		return nil
+	}
+	received := c.rd.n - cnHandshakeSize
+	if received-c.acked < uint64(max(c.ackWindow/2, 1)) {
+		return nil
+	}
+	c.acked = received
+	if err := c.cfg.Ack(uint32(received)); err != nil {
+		return fmt.Errorf("rtmp conn: send acknowledgement: %w", err)
+	}
+	return nil
 }
 
 // readChunk reads one chunk. It reports true when that chunk completed a message that is
@@ -337,7 +436,7 @@ func (c *chunkNormalizer) readChunk() (bool, error) {
 		// Compliant encoders send continuation chunks as fmt 3. Accepting a new header
 		// here would leave the partial message ambiguous, so refuse.
 		return false, fmt.Errorf("rtmp chunk: csid %d: fmt %d header while a message is incomplete (%d of %d bytes)",
-			csid, format, len(cs.buf), cs.length)
+			csid, format, cs.got, cs.length)
 	}
 
 	newMessage := true
@@ -419,30 +518,78 @@ func (c *chunkNormalizer) readChunk() (bool, error) {
 			cs.inFlight = true
 			c.inFlight++
 		}
-		cs.buf = c.getBuf()
+		if err := c.begin(cs); err != nil {
+			return false, err
+		}
 	}
 
-	n := cs.length - uint32(len(cs.buf))
-	if n > c.chunkSize {
-		n = c.chunkSize
-	}
+	n := min(cs.length-cs.got, c.chunkSize)
 	if err := c.readPayload(cs, int(n)); err != nil {
 		if !cs.inFlight { // keep the invariant: only partial messages hold buffers
-			c.putBuf(cs.buf)
-			cs.buf = nil
+			c.drop(cs)
 		}
 		return false, err
 	}
-	if uint32(len(cs.buf)) < cs.length {
+	if cs.got < cs.length {
 		return false, nil
 	}
 	if cs.inFlight {
 		cs.inFlight = false
 		c.inFlight--
 	}
+	switch {
+	case cs.tag != nil:
+		t := cs.tag
+		c.drop(cs)
+		if err := c.pub.Write(t); err != nil {
+			c.pubLog.Debug("rtmp: tag not delivered", "err", err)
+		}
+		return false, nil
+	case cs.discard:
+		c.drop(cs)
+		return false, nil
+	}
 	buf := cs.buf
-	cs.buf = nil
+	cs.buf, cs.got = nil, 0
 	return c.complete(cs, buf)
+}
+
+// begin chooses where the payload of the message starting on cs goes: the publication's
+// tag, nowhere, or a buffer for go-rtmp.
+func (c *chunkNormalizer) begin(cs *cnStream) error {
+	cs.got = 0
+	if cs.typeID != cnTypeAudio && cs.typeID != cnTypeVideo {
+		cs.buf = c.getBuf()
+		return nil
+	}
+	if c.pub == nil || cs.streamID != c.pubStream {
+		cs.discard = true
+		return nil
+	}
+	// The tag is allocated at its full declared size up front, so bound what a client can
+	// make us allocate without sending it: all tags in flight together, and (below, in
+	// Abort) tags abandoned unfilled.
+	if c.tagBytes+uint64(cs.length) > 2*uint64(c.cfg.MaxMessageSize) {
+		return fmt.Errorf("rtmp chunk: csid %d: media messages in flight would declare %d bytes, over %d",
+			cs.csid, c.tagBytes+uint64(cs.length), 2*uint64(c.cfg.MaxMessageSize))
+	}
+	t := c.pub.Alloc(cs.typeID, cs.timestamp, int(cs.length))
+	if len(t) < flv.TagHeaderSize || t.DataSize() != int(cs.length) || len(t) < flv.TagHeaderSize+int(cs.length) {
+		return fmt.Errorf("rtmp chunk: csid %d: publication allocated a %d-byte tag for a %d-byte message",
+			cs.csid, len(t), cs.length)
+	}
+	cs.tag = t
+	c.tagBytes += uint64(cs.length)
+	return nil
+}
+
+// drop forgets the current message of cs and releases what holds its payload.
+func (c *chunkNormalizer) drop(cs *cnStream) {
+	if cs.tag != nil {
+		c.tagBytes -= uint64(cs.length)
+	}
+	c.putBuf(cs.buf)
+	cs.buf, cs.tag, cs.discard, cs.got = nil, nil, false, 0
 }
 
 // extendedField resolves a 24-bit timestamp/delta field of a fmt 0/1/2 header, reading
@@ -506,10 +653,28 @@ func (c *chunkNormalizer) complete(cs *cnStream, buf []byte) (bool, error) {
 		target := binary.BigEndian.Uint32(buf)
 		c.putBuf(buf)
 		if t := c.lookup(target); t != nil && t.inFlight {
-			c.putBuf(t.buf)
-			t.buf, t.inFlight = nil, false
+			if t.tag != nil {
+				// A tag's declared size was allocated before its bytes came. Aborting
+				// many large, barely sent messages would turn a few bytes into much
+				// allocation: unfilled bytes may not exceed what was received plus one message.
+				c.abandoned += uint64(t.length - t.got)
+				if c.abandoned > c.rd.n+uint64(c.cfg.MaxMessageSize) {
+					return false, fmt.Errorf("rtmp chunk: csid %d: aborted media messages left %d declared bytes unsent, more than the %d received",
+						cs.csid, c.abandoned, c.rd.n)
+				}
+			}
+			c.drop(t)
+			t.inFlight = false
 			c.inFlight--
 		}
+		return false, nil
+	case cnTypeWinAckSize:
+		if len(buf) < 4 {
+			c.putBuf(buf)
+			return false, fmt.Errorf("rtmp chunk: csid %d: Window Acknowledgement Size message of %d bytes, want 4", cs.csid, len(buf))
+		}
+		c.ackWindow = binary.BigEndian.Uint32(buf)
+		c.putBuf(buf)
 		return false, nil
 	}
 	if len(buf) == 0 {
@@ -520,10 +685,32 @@ func (c *chunkNormalizer) complete(cs *cnStream, buf []byte) (bool, error) {
 	return true, nil
 }
 
-// readPayload appends n payload bytes to the csid's message buffer, growing it by
-// doubling but never beyond the declared message length, so a client that announces a
-// large message and sends little of it costs only what it sent.
+// readPayload reads the next n payload bytes of the csid's message: into the tag body,
+// past them, or appended to the message buffer. That buffer grows by doubling but never
+// beyond the declared message length, so a client that announces a large message and
+// sends little of it costs only what it sent.
 func (c *chunkNormalizer) readPayload(cs *cnStream, n int) error {
+	var err error
+	switch {
+	case cs.tag != nil:
+		off := flv.TagHeaderSize + int(cs.got)
+		err = c.readFull(cs.tag[off : off+n])
+	case cs.discard:
+		if _, err = c.br.Discard(n); errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+	default:
+		err = c.appendPayload(cs, n)
+	}
+	if err != nil {
+		return fmt.Errorf("rtmp chunk: csid %d: read %d payload bytes (message %d of %d bytes): %w",
+			cs.csid, n, cs.got, cs.length, err)
+	}
+	cs.got += uint32(n)
+	return nil
+}
+
+func (c *chunkNormalizer) appendPayload(cs *cnStream, n int) error {
 	old := len(cs.buf)
 	need := old + n
 	if need > cap(cs.buf) {
@@ -541,8 +728,7 @@ func (c *chunkNormalizer) readPayload(cs *cnStream, n int) error {
 	cs.buf = cs.buf[:need]
 	if err := c.readFull(cs.buf[old:need]); err != nil {
 		cs.buf = cs.buf[:old]
-		return fmt.Errorf("rtmp chunk: csid %d: read %d payload bytes (message %d of %d bytes): %w",
-			cs.csid, n, old, cs.length, err)
+		return err
 	}
 	return nil
 }

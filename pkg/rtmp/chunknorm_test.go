@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand"
 	"net"
 	"os"
@@ -21,6 +22,9 @@ import (
 	"github.com/sirupsen/logrus"
 	gortmp "github.com/yutopp/go-rtmp"
 	rtmpmsg "github.com/yutopp/go-rtmp/message"
+
+	"github.com/flvcdn/flvcdn/pkg/flv"
+	"github.com/flvcdn/flvcdn/pkg/stream"
 )
 
 // ---------------------------------------------------------------------------------------
@@ -124,6 +128,7 @@ type cnEncCS struct {
 	curTS             uint32 // absolute timestamp of the active message
 	pending           []byte // unsent payload of the active message
 	active            bool
+	cur               cnMsg   // the active message
 	queue             []cnMsg // messages waiting on this csid (writeInterleaved)
 }
 
@@ -136,8 +141,9 @@ type cnEncoder struct {
 	chunkSize uint32
 	contExt   cnContExt
 	st        map[uint32]*cnEncCS
-	fmts      [4]int // number of chunks written per fmt, to prove coverage
-	extChunks int    // chunks that carried an extended timestamp
+	fmts      [4]int  // number of chunks written per fmt, to prove coverage
+	extChunks int     // chunks that carried an extended timestamp
+	done      []cnMsg // messages in the order their last chunk was written
 }
 
 func newCNEncoder() *cnEncoder {
@@ -184,7 +190,10 @@ func (e *cnEncoder) begin(m cnMsg) {
 	n := min(length, e.chunkSize)
 	c.payload = m.payload[:n]
 	e.out = c.appendTo(e.out)
-	s.active, s.pending, s.curTS = n < length, m.payload[n:], m.ts
+	s.active, s.pending, s.curTS, s.cur = n < length, m.payload[n:], m.ts, m
+	if !s.active {
+		e.done = append(e.done, m)
+	}
 }
 
 // cont writes the next continuation chunk of the csid's active message.
@@ -207,6 +216,9 @@ func (e *cnEncoder) cont(csid uint32) {
 	e.out = c.appendTo(e.out)
 	s.pending = s.pending[n:]
 	s.active = len(s.pending) > 0
+	if !s.active {
+		e.done = append(e.done, s.cur)
+	}
 }
 
 // write writes messages one after another.
@@ -267,70 +279,76 @@ func cnHandshake() []byte {
 // only fmt-0 single-chunk messages, the first being the injected SetChunkSize(0xFFFFFF).
 // It returns the messages after that one.
 func cnDecodeOutput(out []byte) ([]cnMsg, error) {
+	msgs, _, err := cnDecodeOutputEnds(out)
+	return msgs, err
+}
+
+// cnDecodeOutputEnds is cnDecodeOutput that also returns where in out each message ends.
+func cnDecodeOutputEnds(out []byte) (msgs []cnMsg, ends []int, err error) {
 	hs := cnHandshake()
 	if len(out) < len(hs) || !bytes.Equal(out[:len(hs)], hs) {
-		return nil, errors.New("handshake not passed through unchanged")
+		return nil, nil, errors.New("handshake not passed through unchanged")
 	}
 	b := out[len(hs):]
-	var msgs []cnMsg
 	first := true
 	for len(b) > 0 {
 		if b[0]>>6 != 0 {
-			return nil, fmt.Errorf("output chunk has fmt %d, want 0", b[0]>>6)
+			return nil, nil, fmt.Errorf("output chunk has fmt %d, want 0", b[0]>>6)
 		}
 		var csid uint32
 		switch b[0] & 0x3f {
 		case 0:
 			if len(b) < 2 {
-				return nil, errors.New("truncated basic header")
+				return nil, nil, errors.New("truncated basic header")
 			}
 			csid, b = 64+uint32(b[1]), b[2:]
 		case 1:
 			if len(b) < 3 {
-				return nil, errors.New("truncated basic header")
+				return nil, nil, errors.New("truncated basic header")
 			}
 			csid, b = 64+uint32(b[1])+uint32(b[2])<<8, b[3:]
 		default:
 			csid, b = uint32(b[0]&0x3f), b[1:]
 		}
 		if len(b) < 11 {
-			return nil, errors.New("truncated message header")
+			return nil, nil, errors.New("truncated message header")
 		}
 		m := cnMsg{csid: csid, ts: cnGet24(b), typ: b[6], sid: binary.LittleEndian.Uint32(b[7:])}
 		length := cnGet24(b[3:])
 		b = b[11:]
 		if m.ts == 0xFFFFFF {
 			if len(b) < 4 {
-				return nil, errors.New("truncated extended timestamp")
+				return nil, nil, errors.New("truncated extended timestamp")
 			}
 			m.ts, b = binary.BigEndian.Uint32(b), b[4:]
 			if m.ts < 0xFFFFFF {
-				return nil, fmt.Errorf("extended timestamp %d used for a value that fits 24 bits", m.ts)
+				return nil, nil, fmt.Errorf("extended timestamp %d used for a value that fits 24 bits", m.ts)
 			}
 		}
 		if uint32(len(b)) < length {
-			return nil, fmt.Errorf("message of %d bytes truncated at %d", length, len(b))
+			return nil, nil, fmt.Errorf("message of %d bytes truncated at %d", length, len(b))
 		}
 		if length == 0 {
-			return nil, errors.New("zero-length message emitted")
+			return nil, nil, errors.New("zero-length message emitted")
 		}
 		m.payload, b = b[:length], b[length:]
 		if first {
 			if m.csid != 2 || m.typ != 1 || m.sid != 0 || binary.BigEndian.Uint32(m.payload) != 0xFFFFFF {
-				return nil, fmt.Errorf("first message %v is not SetChunkSize(0xFFFFFF)", m)
+				return nil, nil, fmt.Errorf("first message %v is not SetChunkSize(0xFFFFFF)", m)
 			}
 			first = false
 			continue
 		}
 		if m.typ == 1 || m.typ == 2 {
-			return nil, fmt.Errorf("chunk-level control message %v forwarded", m)
+			return nil, nil, fmt.Errorf("chunk-level control message %v forwarded", m)
 		}
 		msgs = append(msgs, m)
+		ends = append(ends, len(out)-len(b))
 	}
 	if first {
-		return nil, errors.New("no SetChunkSize injected")
+		return nil, nil, errors.New("no SetChunkSize injected")
 	}
-	return msgs, nil
+	return msgs, ends, nil
 }
 
 // cnConn is an in-memory net.Conn over a reader; writes are collected.
@@ -349,19 +367,108 @@ func (c *cnConn) SetDeadline(time.Time) error      { return nil }
 func (c *cnConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *cnConn) SetWriteDeadline(time.Time) error { return nil }
 
-// cnRun feeds handshake+chunks through a normaliser, reading with the given buffer sizes
-// in rotation, and returns everything read and the error that ended reading.
+// cnPubSID is the message stream the tests' publication publishes on: media there goes
+// to the recorder, media on other streams is dropped.
+const cnPubSID = 1
+
+// cnAnyCSID marks a message delivered to the publication, which does not see csids.
+const cnAnyCSID = ^uint32(0)
+
+// cnRecorder is a Publication that records the tags the normaliser writes. at is the
+// number of bytes Read had returned when the tag was written: the tag completed after
+// the forwarded messages that end there and before the next one.
+type cnRecorder struct {
+	served *int // updated by the test's read loop
+	tags   []cnMsg
+	at     []int
+	allocs int
+	bad    error // first malformed tag
+	reuse  flv.Tag
+}
+
+func (r *cnRecorder) Alloc(typ byte, ts uint32, n int) flv.Tag {
+	r.allocs++
+	if r.reuse != nil && r.reuse.DataSize() == n { // allocation-free mode for the allocation test
+		r.reuse[0] = typ
+		r.reuse.SetTimestamp(ts)
+		return r.reuse
+	}
+	_, t := flv.AllocTag(5, typ, ts, n)
+	for i := range t.Body() {
+		t.Body()[i] = 0xEE // not what a test sends, so an unfilled body shows
+	}
+	return t
+}
+
+func (r *cnRecorder) Write(t flv.Tag) error {
+	if err := t.Check(); err != nil && r.bad == nil {
+		r.bad = err
+	}
+	if r.reuse != nil {
+		r.tags = r.tags[:0] // keep only the last, without allocating
+	}
+	r.tags = append(r.tags, cnMsg{csid: cnAnyCSID, typ: t.Type(), sid: cnPubSID, ts: t.Timestamp(), payload: t.Body()})
+	at := 0
+	if r.served != nil {
+		at = *r.served
+	}
+	if r.reuse != nil {
+		r.at = r.at[:0]
+	}
+	r.at = append(r.at, at)
+	return nil
+}
+
+func (r *cnRecorder) Kicked() <-chan struct{} { return nil }
+func (r *cnRecorder) Close(context.Context)   {}
+
+// newTestNormalizer is a normaliser publishing on cnPubSID into a new cnRecorder.
+func newTestNormalizer(conn net.Conn, cfg normalizerConfig) (*chunkNormalizer, *cnRecorder) {
+	n := newChunkNormalizer(conn, cfg)
+	rec := &cnRecorder{}
+	n.publish(cnPubSID, rec, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	return n, rec
+}
+
+// cnMerge interleaves what the normaliser forwarded (out) and what it wrote to the
+// recorder in the order the messages completed.
+func cnMerge(out []byte, rec *cnRecorder) ([]cnMsg, error) {
+	fwd, ends, err := cnDecodeOutputEnds(out)
+	if err != nil {
+		return nil, err
+	}
+	if rec.bad != nil {
+		return nil, fmt.Errorf("malformed tag written: %w", rec.bad)
+	}
+	var all []cnMsg
+	i := 0
+	for k, tag := range rec.tags {
+		for i < len(fwd) && ends[i] <= rec.at[k] {
+			all = append(all, fwd[i])
+			i++
+		}
+		all = append(all, tag)
+	}
+	return append(all, fwd[i:]...), nil
+}
+
+// cnRun feeds handshake+chunks through a normaliser publishing on cnPubSID, reading with
+// the given buffer sizes in rotation, and returns everything read and the error that
+// ended reading. The recorder is n.pub.
 func cnRun(chunks []byte, cfg normalizerConfig, readSizes ...int) ([]byte, error, *chunkNormalizer) {
 	if len(readSizes) == 0 {
 		readSizes = []int{4096}
 	}
 	in := append(cnHandshake(), chunks...)
-	n := newChunkNormalizer(&cnConn{r: bytes.NewReader(in)}, cfg)
+	n, rec := newTestNormalizer(&cnConn{r: bytes.NewReader(in)}, cfg)
 	var out []byte
+	served := 0
+	rec.served = &served
 	buf := make([]byte, slices.Max(readSizes))
 	for i := 0; ; i++ {
 		k, err := n.Read(buf[:readSizes[i%len(readSizes)]])
 		out = append(out, buf[:k]...)
+		served = len(out)
 		if err != nil {
 			return out, err, n
 		}
@@ -372,14 +479,14 @@ func cnRun(chunks []byte, cfg normalizerConfig, readSizes ...int) ([]byte, error
 }
 
 // cnMustMessages runs chunks through the normaliser, requires a clean io.EOF and returns
-// the decoded messages.
+// the messages forwarded and the tags written, in the order they completed.
 func cnMustMessages(t *testing.T, chunks []byte, cfg normalizerConfig, readSizes ...int) []cnMsg {
 	t.Helper()
-	out, err, _ := cnRun(chunks, cfg, readSizes...)
+	out, err, n := cnRun(chunks, cfg, readSizes...)
 	if err != io.EOF {
 		t.Fatalf("read ended with %v, want io.EOF", err)
 	}
-	msgs, derr := cnDecodeOutput(out)
+	msgs, derr := cnMerge(out, n.pub.(*cnRecorder))
 	if derr != nil {
 		t.Fatalf("decode output: %v", derr)
 	}
@@ -393,18 +500,20 @@ func cnCompare(t *testing.T, got, want []cnMsg) {
 	}
 	for i := range want {
 		g, w := got[i], want[i]
-		if g.csid != w.csid || g.typ != w.typ || g.sid != w.sid || g.ts != w.ts || !bytes.Equal(g.payload, w.payload) {
+		if (g.csid != w.csid && g.csid != cnAnyCSID) || g.typ != w.typ || g.sid != w.sid || g.ts != w.ts || !bytes.Equal(g.payload, w.payload) {
 			t.Fatalf("message %d: got %v want %v (payload equal %v)", i, g, w, bytes.Equal(g.payload, w.payload))
 		}
 	}
 }
 
-// cnForwarded is what the normaliser must forward from msgs: no chunk-level control
-// messages, no empty messages.
+// cnForwarded is what the normaliser must deliver from msgs (forwarded to go-rtmp, or
+// written to the publication): no chunk-level control messages, no empty messages, no
+// media outside the publishing stream.
 func cnForwarded(msgs []cnMsg) []cnMsg {
 	var out []cnMsg
 	for _, m := range msgs {
-		if m.typ != 1 && m.typ != 2 && len(m.payload) > 0 {
+		media := m.typ == 8 || m.typ == 9
+		if m.typ != 1 && m.typ != 2 && m.typ != 5 && len(m.payload) > 0 && (!media || m.sid == cnPubSID) {
 			out = append(out, m)
 		}
 	}
@@ -647,11 +756,12 @@ func TestChunkNormalizerRandomStreams(t *testing.T) {
 			e.writeInterleaved(msgs, rnd)
 			all = append(all, msgs...)
 		}
-		// Reorder expectation: messages complete in encoder output order; per csid the
-		// order is kept, so compare per csid.
+		// Messages complete in the order the encoder wrote their last chunks, whether
+		// forwarded to go-rtmp or written to the publication.
 		got := cnMustMessages(t, e.out, normalizerConfig{}, 1+rnd.Intn(5000), 4096)
-		for _, c := range csids {
-			cnCompare(t, cnFilterCSID(got, c), cnFilterCSID(cnForwarded(all), c))
+		cnCompare(t, got, cnForwarded(e.done))
+		if a, b := len(cnForwarded(e.done)), len(cnForwarded(all)); a != b {
+			t.Fatalf("encoder completed %d of %d messages", a, b)
 		}
 		for i := range total {
 			total[i] += e.fmts[i]
@@ -769,7 +879,7 @@ func TestChunkNormalizerTruncated(t *testing.T) {
 	e := newCNEncoder()
 	var msgs []cnMsg
 	for i := 0; i < 12; i++ {
-		msgs = append(msgs, cnMsg{csid: []uint32{4, 6, 300}[i%3], typ: 9, sid: 1, ts: 0xFFFFF0 + uint32(i)*40, payload: cnPayload(rnd, 50+rnd.Intn(300))})
+		msgs = append(msgs, cnMsg{csid: []uint32{4, 6, 300}[i%3], typ: []byte{9, 8, 20}[i%3], sid: 1, ts: 0xFFFFF0 + uint32(i)*40, payload: cnPayload(rnd, 50+rnd.Intn(300))})
 	}
 	e.writeInterleaved(msgs[:6], rnd)
 	e.setChunkSize(100)
@@ -777,12 +887,12 @@ func TestChunkNormalizerTruncated(t *testing.T) {
 	full := cnMustMessages(t, e.out, normalizerConfig{})
 	sawUnexpected := false
 	for cut := 0; cut < len(e.out); cut++ {
-		out, err, _ := cnRun(e.out[:cut], normalizerConfig{}, 1+cut%9)
+		out, err, n := cnRun(e.out[:cut], normalizerConfig{}, 1+cut%9)
 		if err == nil || (err != io.EOF && !errors.Is(err, io.ErrUnexpectedEOF)) {
 			t.Fatalf("cut %d: err = %v", cut, err)
 		}
 		sawUnexpected = sawUnexpected || errors.Is(err, io.ErrUnexpectedEOF)
-		got, derr := cnDecodeOutput(out)
+		got, derr := cnMerge(out, n.pub.(*cnRecorder))
 		if derr != nil {
 			t.Fatalf("cut %d: %v", cut, derr)
 		}
@@ -802,18 +912,22 @@ func TestChunkNormalizerTruncated(t *testing.T) {
 
 // go-rtmp's own ChunkStreamer is the real consumer: it must decode the normalised stream
 // (including extended timestamps, which it reads on fmt 0), and it demonstrably misreads
-// the raw stream that ffmpeg-style fmt-3 extended timestamps produce.
+// the raw stream that ffmpeg-style fmt-3 extended timestamps produce. Media no longer
+// reaches go-rtmp, so this uses data messages (type 18, as @setDataFrame), which take
+// the same path through the chunk layer: a name go-rtmp decodes, then the raw body.
 func TestChunkNormalizerGoRTMPChunkStreamer(t *testing.T) {
 	rnd := rand.New(rand.NewSource(6))
 	e := newCNEncoder()
 	e.setChunkSize(4096) // as ffmpeg does
 	var msgs []cnMsg
 	for i := 0; i < 20; i++ {
-		typ, csid, size := byte(9), uint32(6), 3000+rnd.Intn(9000)
+		csid, size := uint32(6), 3000+rnd.Intn(9000)
 		if i%2 == 1 {
-			typ, csid, size = 8, 4, 200+rnd.Intn(200)
+			csid, size = 4, 200+rnd.Intn(200)
 		}
-		msgs = append(msgs, cnMsg{csid: csid, typ: typ, sid: 1, ts: 20_000_000 + uint32(i/2)*40, payload: cnPayload(rnd, size)})
+		name := cnAMFString(fmt.Sprintf("data-%d", i))
+		msgs = append(msgs, cnMsg{csid: csid, typ: 18, sid: 1, ts: 20_000_000 + uint32(i/2)*40,
+			payload: append(name, cnPayload(rnd, size)...)})
 	}
 	e.write(msgs...)
 
@@ -837,12 +951,9 @@ func TestChunkNormalizerGoRTMPChunkStreamer(t *testing.T) {
 				if err := cs.PeerState().SetChunkSize(m.ChunkSize); err != nil {
 					return got, err
 				}
-			case *rtmpmsg.VideoMessage:
-				p, _ := io.ReadAll(m.Payload)
-				got = append(got, cnMsg{uint32(csid), 9, cmsg.StreamID, ts, p})
-			case *rtmpmsg.AudioMessage:
-				p, _ := io.ReadAll(m.Payload)
-				got = append(got, cnMsg{uint32(csid), 8, cmsg.StreamID, ts, p})
+			case *rtmpmsg.DataMessage:
+				p, _ := io.ReadAll(m.Body)
+				got = append(got, cnMsg{uint32(csid), 18, cmsg.StreamID, ts, append(cnAMFString(m.Name), p...)})
 			}
 		}
 	}
@@ -871,6 +982,11 @@ func TestChunkNormalizerGoRTMPChunkStreamer(t *testing.T) {
 	}
 }
 
+// cnAMFString is s as an AMF0 string value.
+func cnAMFString(s string) []byte {
+	return append(binary.BigEndian.AppendUint16([]byte{2}, uint16(len(s))), s...)
+}
+
 // Read returns what it has without waiting to fill p, and the read deadline is armed.
 func TestChunkNormalizerPromptReadAndDeadlines(t *testing.T) {
 	client, server := net.Pipe()
@@ -878,7 +994,7 @@ func TestChunkNormalizerPromptReadAndDeadlines(t *testing.T) {
 	n := newChunkNormalizer(server, normalizerConfig{ReadTimeout: 300 * time.Millisecond, WriteTimeout: 300 * time.Millisecond})
 	defer n.Close()
 
-	msg := cnChunk{fmt: 0, csid: 4, ts: 1, length: 3, typ: 8, sid: 1, payload: []byte{7, 8, 9}}.appendTo(nil)
+	msg := cnChunk{fmt: 0, csid: 4, ts: 1, length: 3, typ: 20, payload: []byte{7, 8, 9}}.appendTo(nil)
 	writeDone := make(chan error, 1)
 	go func() {
 		_, err := client.Write(append(cnHandshake(), msg...))
@@ -920,23 +1036,32 @@ func TestChunkNormalizerPromptReadAndDeadlines(t *testing.T) {
 	}
 }
 
-// Steady-state reading does not allocate per chunk or per message.
-func TestChunkNormalizerAllocations(t *testing.T) {
-	// An endless stream: one fmt-0 header, then a repeating pattern of a 10000-byte video
-	// message in fmt-1 + two fmt-3 chunks at chunk size 4096, each 40 ms later.
-	rnd := rand.New(rand.NewSource(7))
-	payload := cnPayload(rnd, 10000)
-	var head []byte
+// cnSteadyStream is an endless publish: a head, then a repeating cycle of one 10000-byte
+// video message on the publishing stream (fmt 1 + two fmt-3 chunks at chunk size 4096,
+// 40 ms apart, timestamps past 0xFFFFFF) and one 5-byte command for go-rtmp, so that
+// every Read returns after one cycle.
+func cnSteadyStream(payload []byte) (head, pattern []byte) {
+	cmd := []byte{1, 2, 3, 4, 5}
 	head = cnChunk{fmt: 0, csid: 2, length: 4, typ: 1, payload: []byte{0, 0, 0x10, 0}}.appendTo(head)
-	head = cnChunk{fmt: 0, csid: 6, ts: 0x1000000, length: 10000, typ: 9, sid: 1, payload: payload[:4096]}.appendTo(head)
+	head = cnChunk{fmt: 0, csid: 6, ts: 0x1000000, length: 10000, typ: 9, sid: cnPubSID, payload: payload[:4096]}.appendTo(head)
 	head = cnChunk{fmt: 3, csid: 6, ext: true, extVal: 0x1000000, payload: payload[4096:8192]}.appendTo(head)
 	head = cnChunk{fmt: 3, csid: 6, ext: true, extVal: 0x1000000, payload: payload[8192:]}.appendTo(head)
-	var pattern []byte
+	head = cnChunk{fmt: 0, csid: 3, length: 5, typ: 20, payload: cmd}.appendTo(head)
 	pattern = cnChunk{fmt: 1, csid: 6, ts: 40, length: 10000, typ: 9, payload: payload[:4096]}.appendTo(pattern)
 	pattern = cnChunk{fmt: 3, csid: 6, payload: payload[4096:8192]}.appendTo(pattern)
 	pattern = cnChunk{fmt: 3, csid: 6, payload: payload[8192:]}.appendTo(pattern)
-	src := &cnRepeatReader{head: append(cnHandshake(), head...), pattern: pattern}
-	n := newChunkNormalizer(&cnConn{r: src}, normalizerConfig{})
+	pattern = cnChunk{fmt: 3, csid: 3, payload: cmd}.appendTo(pattern)
+	return append(cnHandshake(), head...), pattern
+}
+
+// Steady-state reading allocates nothing per chunk or per message besides the
+// publication's tag (which this test's publication reuses).
+func TestChunkNormalizerAllocations(t *testing.T) {
+	rnd := rand.New(rand.NewSource(7))
+	payload := cnPayload(rnd, 10000)
+	head, pattern := cnSteadyStream(payload)
+	n, rec := newTestNormalizer(&cnConn{r: &cnRepeatReader{head: head, pattern: pattern}}, normalizerConfig{})
+	_, rec.reuse = flv.AllocTag(0, flv.TypeVideo, 0, len(payload))
 	p := make([]byte, 1<<16)
 	// Warm up: handshake, injected message, first messages (buffers grow once).
 	for i := 0; i < 10; i++ {
@@ -944,19 +1069,21 @@ func TestChunkNormalizerAllocations(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var lastTS uint32
+	allocs0 := rec.allocs
 	allocs := testing.AllocsPerRun(2000, func() {
-		k, err := n.Read(p) // one whole message per Read
-		if err != nil || k != 1+11+4+10000 {
+		k, err := n.Read(p) // one video tag written, then the command returned
+		if err != nil || k != 1+11+5 {
 			panic(fmt.Sprintf("Read = %d, %v", k, err))
 		}
-		lastTS = binary.BigEndian.Uint32(p[12:16])
 	})
 	if allocs > 0 {
 		t.Fatalf("%.2f allocations per message, want 0", allocs)
 	}
-	if lastTS <= 0x1000000 {
-		t.Fatalf("timestamps did not advance: %d", lastTS)
+	if rec.allocs-allocs0 < 2000 || len(rec.tags) != 1 {
+		t.Fatalf("%d tags allocated during the run", rec.allocs-allocs0)
+	}
+	if last := rec.tags[0]; last.ts <= 0x1000000+2000*40 || !bytes.Equal(last.payload, payload) || last.typ != 9 {
+		t.Fatalf("last tag: ts %d type %d, payload intact %v", last.ts, last.typ, bytes.Equal(last.payload, payload))
 	}
 }
 
@@ -976,18 +1103,14 @@ func (r *cnRepeatReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// BenchmarkChunkNormalizer: one op is one 10000-byte video message parsed into the
+// publication's tag (reused here, so the figure is the normaliser alone).
 func BenchmarkChunkNormalizer(b *testing.B) {
 	rnd := rand.New(rand.NewSource(8))
 	payload := cnPayload(rnd, 10000)
-	var head, pattern []byte
-	head = cnChunk{fmt: 0, csid: 2, length: 4, typ: 1, payload: []byte{0, 0, 0x10, 0}}.appendTo(head)
-	head = cnChunk{fmt: 0, csid: 6, ts: 0x1000000, length: 10000, typ: 9, sid: 1, payload: payload[:4096]}.appendTo(head)
-	head = cnChunk{fmt: 3, csid: 6, ext: true, extVal: 0x1000000, payload: payload[4096:8192]}.appendTo(head)
-	head = cnChunk{fmt: 3, csid: 6, ext: true, extVal: 0x1000000, payload: payload[8192:]}.appendTo(head)
-	pattern = cnChunk{fmt: 1, csid: 6, ts: 40, length: 10000, typ: 9, payload: payload[:4096]}.appendTo(pattern)
-	pattern = cnChunk{fmt: 3, csid: 6, payload: payload[4096:8192]}.appendTo(pattern)
-	pattern = cnChunk{fmt: 3, csid: 6, payload: payload[8192:]}.appendTo(pattern)
-	n := newChunkNormalizer(&cnConn{r: &cnRepeatReader{head: append(cnHandshake(), head...), pattern: pattern}}, normalizerConfig{})
+	head, pattern := cnSteadyStream(payload)
+	n, rec := newTestNormalizer(&cnConn{r: &cnRepeatReader{head: head, pattern: pattern}}, normalizerConfig{})
+	_, rec.reuse = flv.AllocTag(0, flv.TypeVideo, 0, len(payload))
 	p := make([]byte, 4096) // go-rtmp reads through a 4 KiB bufio.Reader
 	for i := 0; i < 10; i++ {
 		_, _ = n.Read(p)
@@ -996,12 +1119,8 @@ func BenchmarkChunkNormalizer(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		for got := 0; got < 1+11+4+10000; {
-			k, err := n.Read(p)
-			if err != nil {
-				b.Fatal(err)
-			}
-			got += k
+		if _, err := n.Read(p); err != nil {
+			b.Fatal(err)
 		}
 	}
 }
@@ -1117,10 +1236,10 @@ func cnFFmpegArgs(in, tsOffset, out string) []string {
 	return append(args, "-f", "flv", out)
 }
 
-// cnPublish serves one go-rtmp connection on a free loopback port (through the
-// normaliser or not), publishes in.flv to it with ffmpeg and waits, with deadlines, for
-// ffmpeg to exit and the server connection to close.
-func cnPublish(t *testing.T, ffmpeg, in string, useNormalizer bool, tsOffset string) cnPublishResult {
+// cnPublish serves one bare go-rtmp connection on a free loopback port, publishes in.flv
+// to it with ffmpeg and waits, with deadlines, for ffmpeg to exit and the server
+// connection to close.
+func cnPublish(t *testing.T, ffmpeg, in string, tsOffset string) cnPublishResult {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -1136,11 +1255,7 @@ func cnPublish(t *testing.T, ffmpeg, in string, useNormalizer bool, tsOffset str
 		OnConnect: func(conn net.Conn) (io.ReadWriteCloser, *gortmp.ConnConfig) {
 			var handler gortmp.Handler = &gortmp.DefaultHandler{}
 			once.Do(func() { handler = h }) // only the first connection is observed
-			cfg := &gortmp.ConnConfig{Handler: handler, Logger: logger}
-			if useNormalizer {
-				return newChunkNormalizer(conn, normalizerConfig{ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second}), cfg
-			}
-			return conn, cfg
+			return conn, &gortmp.ConnConfig{Handler: handler, Logger: logger}
 		},
 	})
 	serveDone := make(chan error, 1)
@@ -1176,6 +1291,84 @@ func cnPublish(t *testing.T, ffmpeg, in string, useNormalizer bool, tsOffset str
 	res.serverErrors = slices.Clone(hook.lines)
 	hook.mu.Unlock()
 	return res
+}
+
+// cnReadFLV reads every tag of an FLV file.
+func cnReadFLV(t *testing.T, path string) []flv.Tag {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r := flv.NewReader(f, 0)
+	if err := r.ReadHeader(); err != nil {
+		t.Fatal(err)
+	}
+	var tags []flv.Tag
+	for {
+		tag, err := r.ReadTag()
+		if err == io.EOF {
+			return tags
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		tags = append(tags, tag)
+	}
+}
+
+// recordingIngest accepts one publisher and keeps every tag written to it.
+type recordingIngest struct {
+	mu     sync.Mutex
+	tags   []flv.Tag
+	closed chan struct{}
+}
+
+type recordingPub struct{ ing *recordingIngest }
+
+func (r *recordingIngest) Publish(context.Context, stream.Name, string) (Publication, error) {
+	return recordingPub{r}, nil
+}
+
+func (p recordingPub) Alloc(typ byte, ts uint32, n int) flv.Tag {
+	_, t := flv.AllocTag(27, typ, ts, n)
+	return t
+}
+
+func (p recordingPub) Write(t flv.Tag) error {
+	if err := t.Check(); err != nil {
+		return err
+	}
+	p.ing.mu.Lock()
+	p.ing.tags = append(p.ing.tags, t)
+	p.ing.mu.Unlock()
+	return nil
+}
+
+func (p recordingPub) Kicked() <-chan struct{} { return nil }
+func (p recordingPub) Close(context.Context)   { close(p.ing.closed) }
+
+// cnPublishServer publishes in.flv with ffmpeg into a real Server and returns the tags
+// its publication received, once the publication is closed.
+func cnPublishServer(t *testing.T, ffmpeg, in, tsOffset string) []flv.Tag {
+	t.Helper()
+	ing := &recordingIngest{closed: make(chan struct{})}
+	addr := startServer(t, ing)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, ffmpeg, cnFFmpegArgs(in, tsOffset, "rtmp://"+addr+"/live/test")...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("ffmpeg: %v\n%s", err, out)
+	}
+	select {
+	case <-ing.closed:
+	case <-time.After(15 * time.Second):
+		t.Fatal("publication not closed after ffmpeg exited")
+	}
+	ing.mu.Lock()
+	defer ing.mu.Unlock()
+	return slices.Clone(ing.tags)
 }
 
 func TestChunkNormalizerFFmpegPublish(t *testing.T) {
@@ -1227,39 +1420,57 @@ func TestChunkNormalizerFFmpegPublish(t *testing.T) {
 		}
 	}
 
-	t.Run("with normalizer, offset 20000s", func(t *testing.T) {
-		res := cnPublish(t, ffmpeg, in, true, "20000")
-		check(t, res, "20000")
-		// Beyond matching the reference: every media message is past the 24-bit limit
-		// (ffmpeg starts video 57 ms before audio's 20000000 here, the AAC priming
-		// delay) and timestamps never go back within a type.
-		for name, tags := range map[string][]cnTag{"video": res.video, "audio": res.audio} {
-			var last uint32
-			media := 0
-			for i, tag := range tags {
-				if tag.seqHdr {
-					continue
-				}
-				media++
-				if tag.ts < 20_000_000-1000 || tag.ts <= 0xFFFFFF {
-					t.Fatalf("%s message %d: timestamp %d, want about 20000000 or more", name, i, tag.ts)
-				}
-				if tag.ts < last {
-					t.Fatalf("%s message %d: timestamp %d goes back from %d", name, i, tag.ts, last)
-				}
-				last = tag.ts
-			}
-			t.Logf("%s: %d messages, %d media from ts %d to %d", name, len(tags), media, tags[len(tags)-media].ts, last)
+	for _, offset := range []string{"", "20000"} {
+		label := "no offset"
+		if offset != "" {
+			label = "offset " + offset + "s"
 		}
-	})
+		t.Run("Server, "+label, func(t *testing.T) {
+			got := cnPublishServer(t, ffmpeg, in, offset)
+			ref := filepath.Join(dir, "server-ref"+offset+".flv")
+			run(slices.DeleteFunc(cnFFmpegArgs(in, offset, ref), func(a string) bool { return a == "-re" })...)
+			want := cnReadFLV(t, ref)
+			// Every audio and video tag arrives intact, in order: type, timestamp and body
+			// bytes equal to what the same ffmpeg command writes to a file.
+			media := func(tags []flv.Tag) []flv.Tag {
+				return slices.DeleteFunc(slices.Clone(tags), func(t flv.Tag) bool { return t.Type() == flv.TypeScript })
+			}
+			gm, wm := media(got), media(want)
+			if len(wm) < 200 {
+				t.Fatalf("only %d media tags in the reference", len(wm))
+			}
+			if len(gm) != len(wm) {
+				t.Fatalf("received %d audio/video tags, want %d", len(gm), len(wm))
+			}
+			for i := range wm {
+				if !bytes.Equal(gm[i], wm[i]) {
+					t.Fatalf("tag %d: got type %d ts %d %d bytes, want type %d ts %d %d bytes (bodies equal: %v)", i,
+						gm[i].Type(), gm[i].Timestamp(), len(gm[i].Body()), wm[i].Type(), wm[i].Timestamp(), len(wm[i].Body()),
+						bytes.Equal(gm[i].Body(), wm[i].Body()))
+				}
+			}
+			// Metadata (through go-rtmp's @setDataFrame) arrives first; its values differ
+			// from the file's (ffmpeg rewrites duration and size in a file), so parse it.
+			if len(got) == 0 || got[0].Type() != flv.TypeScript {
+				t.Fatal("first tag is not the metadata")
+			}
+			if md, err := flv.ParseMetadata(got[0].Body()); err != nil || !md.HasVideo() || !md.HasAudio() {
+				t.Fatalf("metadata %+v, %v", md, err)
+			}
+			if offset != "" && gm[len(gm)-1].Timestamp() <= 0xFFFFFF {
+				t.Fatalf("last timestamp %d: the offset did not take timestamps past 24 bits", gm[len(gm)-1].Timestamp())
+			}
+			t.Logf("%d tags intact, timestamps %d..%d", len(got), gm[0].Timestamp(), gm[len(gm)-1].Timestamp())
+		})
+	}
 
 	t.Run("without normalizer, no offset (control)", func(t *testing.T) {
 		// Proves the harness works with bare go-rtmp while timestamps stay small.
-		check(t, cnPublish(t, ffmpeg, in, false, ""), "")
+		check(t, cnPublish(t, ffmpeg, in, ""), "")
 	})
 
 	t.Run("without normalizer, offset 20000s (the defect)", func(t *testing.T) {
-		res := cnPublish(t, ffmpeg, in, false, "20000")
+		res := cnPublish(t, ffmpeg, in, "20000")
 		media := len(res.video) + len(res.audio)
 		firstErr := ""
 		if len(res.serverErrors) > 0 {
@@ -1272,3 +1483,133 @@ func TestChunkNormalizerFFmpegPublish(t *testing.T) {
 		}
 	})
 }
+
+// Media goes to the publication only from publish on, only on its message stream, and
+// no more after unpublish, even for a message already half received into a tag.
+func TestChunkNormalizerPublishRouting(t *testing.T) {
+	rnd := rand.New(rand.NewSource(10))
+	v := func(n int) []byte { return cnPayload(rnd, n) }
+	early, mine, other, late, half := v(300), v(300), v(40), v(40), v(300)
+	cmd := func(b []byte, i byte) []byte {
+		return cnChunk{fmt: 0, csid: 3, length: 1, typ: 20, payload: []byte{i}}.appendTo(b)
+	}
+	var b []byte
+	b = cnChunk{fmt: 0, csid: 6, ts: 10, length: 300, typ: 9, sid: 1, payload: early[:128]}.appendTo(b)
+	b = cnChunk{fmt: 3, csid: 6, payload: early[128:256]}.appendTo(b)
+	b = cmd(b, 1) // "publish": the test calls publish when Read returns it
+	b = cnChunk{fmt: 3, csid: 6, payload: early[256:]}.appendTo(b)
+	b = cnChunk{fmt: 0, csid: 6, ts: 20, length: 300, typ: 9, sid: 1, payload: mine[:128]}.appendTo(b)
+	b = cnChunk{fmt: 0, csid: 4, ts: 21, length: 40, typ: 8, sid: 2, payload: other}.appendTo(b)
+	b = cnChunk{fmt: 3, csid: 6, payload: mine[128:256]}.appendTo(b)
+	b = cnChunk{fmt: 3, csid: 6, payload: mine[256:]}.appendTo(b)
+	b = cnChunk{fmt: 0, csid: 6, ts: 30, length: 300, typ: 9, sid: 1, payload: half[:128]}.appendTo(b)
+	b = cmd(b, 2) // "deleteStream": the test calls unpublish
+	b = cnChunk{fmt: 3, csid: 6, payload: half[128:256]}.appendTo(b)
+	b = cnChunk{fmt: 3, csid: 6, payload: half[256:]}.appendTo(b)
+	b = cnChunk{fmt: 0, csid: 4, ts: 40, length: 40, typ: 8, sid: 1, payload: late}.appendTo(b)
+	b = cmd(b, 3)
+
+	n := newChunkNormalizer(&cnConn{r: bytes.NewReader(append(cnHandshake(), b...))}, normalizerConfig{})
+	rec := &cnRecorder{}
+	var out []byte
+	p := make([]byte, 4096)
+	for {
+		k, err := n.Read(p)
+		out = append(out, p[:k]...)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k > 0 && len(out) > cnHandshakeSize+16 {
+			switch p[k-1] { // the command's only byte
+			case 1:
+				n.publish(cnPubSID, rec, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			case 2:
+				n.unpublish()
+			}
+		}
+	}
+	msgs, err := cnDecodeOutput(out)
+	if err != nil || len(msgs) != 3 {
+		t.Fatalf("forwarded %v, %v; want the 3 commands only", msgs, err)
+	}
+	cnCompare(t, rec.tags, []cnMsg{{cnAnyCSID, 9, 1, 20, mine}})
+	if rec.allocs != 2 || n.tagBytes != 0 {
+		t.Fatalf("%d tags allocated (want the delivered one and the unpublished one), %d bytes still counted", rec.allocs, n.tagBytes)
+	}
+}
+
+// Tags are allocated at their declared size before their bytes arrive, so what a client
+// can make us allocate without sending it is bounded.
+func TestChunkNormalizerTagBounds(t *testing.T) {
+	cfg := normalizerConfig{MaxMessageSize: 10000}
+	t.Run("in flight", func(t *testing.T) {
+		var b []byte
+		b = cnChunk{fmt: 0, csid: 6, length: 9000, typ: 9, sid: 1, payload: make([]byte, 128)}.appendTo(b)
+		b = cnChunk{fmt: 0, csid: 7, length: 9000, typ: 9, sid: 1, payload: make([]byte, 128)}.appendTo(b)
+		b = cnChunk{fmt: 0, csid: 4, length: 9000, typ: 8, sid: 1, payload: make([]byte, 128)}.appendTo(b)
+		_, err, _ := cnRun(b, cfg)
+		if err == nil || !strings.Contains(err.Error(), "csid 4: media messages in flight would declare 27000 bytes, over 20000") {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("aborted", func(t *testing.T) {
+		var b []byte
+		for i := 0; i < 20; i++ {
+			b = cnChunk{fmt: 0, csid: 6, length: 9000, typ: 9, sid: 1, payload: make([]byte, 128)}.appendTo(b)
+			b = cnChunk{fmt: 0, csid: 2, length: 4, typ: 2, payload: []byte{0, 0, 0, 6}}.appendTo(b)
+		}
+		_, err, n := cnRun(b, cfg)
+		if err == nil || !strings.Contains(err.Error(), "aborted media messages left") {
+			t.Fatalf("err = %v", err)
+		}
+		if a := n.pub.(*cnRecorder).allocs; a > 3 {
+			t.Fatalf("%d tags of 9000 bytes allocated for %d bytes sent", a, n.rd.n-cnHandshakeSize)
+		}
+	})
+}
+
+// The client's Window Acknowledgement Size is consumed, and acknowledgements count every
+// byte received after the handshake, media included, once per half window.
+func TestChunkNormalizerAcknowledgements(t *testing.T) {
+	rnd := rand.New(rand.NewSource(11))
+	const window = 10000
+	b := cnChunk{fmt: 0, csid: 2, length: 4, typ: 5, payload: binary.BigEndian.AppendUint32(nil, window)}.appendTo(nil)
+	for i := 0; i < 40; i++ {
+		b = cnChunk{fmt: 0, csid: 6, ts: uint32(i), length: 100, typ: 9, sid: 1, payload: cnPayload(rnd, 100)}.appendTo(b)
+	}
+	b = cnChunk{fmt: 0, csid: 3, length: 1, typ: 20, payload: []byte{1}}.appendTo(b)
+	for i := 0; i < 40; i++ {
+		b = cnChunk{fmt: 0, csid: 6, ts: uint32(i), length: 100, typ: 9, sid: 1, payload: cnPayload(rnd, 100)}.appendTo(b)
+	}
+	var acks []uint32
+	cfg := normalizerConfig{Ack: func(seq uint32) error { acks = append(acks, seq); return nil }}
+	// Feed 50 bytes per socket read so the count is exact to within a read.
+	n, _ := newTestNormalizer(&cnConn{r: &cnSlowReader{r: bytes.NewReader(append(cnHandshake(), b...)), max: 50}}, cfg)
+	out, err := io.ReadAll(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msgs, err := cnDecodeOutput(out); err != nil || len(msgs) != 1 || msgs[0].typ != 20 {
+		t.Fatalf("forwarded %v, %v; want only the command", msgs, err)
+	}
+	last := uint32(0)
+	for _, a := range acks {
+		if a-last < window/2 || a-last > window/2+50+12+100 || a > uint32(len(b)) {
+			t.Fatalf("acknowledgements %v for %d bytes with window %d", acks, len(b), window)
+		}
+		last = a
+	}
+	if len(acks) != len(b)/(window/2) {
+		t.Fatalf("%d acknowledgements for %d bytes with window %d: %v", len(acks), len(b), window, acks)
+	}
+}
+
+type cnSlowReader struct {
+	r   io.Reader
+	max int
+}
+
+func (r *cnSlowReader) Read(p []byte) (int, error) { return r.r.Read(p[:min(len(p), r.max)]) }

@@ -1,8 +1,18 @@
-// Package rtmp owns RTMP ingest: it accepts publishers with go-rtmp, validates their
-// app/stream names and keys, and hands each audio, video and metadata payload to an
-// ingest Publication. Below go-rtmp sits a chunk-stream normaliser (chunknorm.go)
-// that works around go-rtmp's extended-timestamp defect and sets socket deadlines.
-// This package never keeps media; it only passes payloads through.
+// Package rtmp owns RTMP ingest. go-rtmp (github.com/yutopp/go-rtmp) does the handshake
+// and the commands (connect, createStream, publish, onStatus replies); this package
+// validates app/stream names and keys and hands each audio, video and metadata tag to an
+// ingest Publication.
+//
+// Between the socket and go-rtmp sits our chunk-stream normaliser (chunknorm.go). It
+// parses the client's chunks itself (working around go-rtmp's extended-timestamp defect,
+// setting socket deadlines, sending acknowledgements) and takes audio and video away from
+// go-rtmp: their chunk payloads are read from the connection's read buffer straight into
+// the body of a tag from Publication.Alloc, the one copy this package makes of them, and
+// the tag goes to Publication.Write. Metadata (@setDataFrame, a few hundred bytes a
+// stream) still goes through go-rtmp and is copied four or five times on the way: into
+// the normaliser's message buffer, go-rtmp's read buffer (unless go-rtmp reads past it),
+// its message buffer, its @setDataFrame decode buffer, then the tag. This package never
+// keeps media.
 package rtmp
 
 import (
@@ -34,8 +44,13 @@ type Ingest interface {
 
 // Publication is one accepted publishing session.
 type Publication interface {
-	// WriteTag ingests one tag body; body is not retained after the call.
-	WriteTag(typ byte, ts uint32, body []byte) error
+	// Alloc returns a new tag of type typ at timestamp ts with an n-byte body that the
+	// caller fills (t.Body()) before handing the tag to Write. The tag's backing array
+	// may have headroom before it that belongs to the publication.
+	Alloc(typ byte, ts uint32, n int) flv.Tag
+	// Write ingests a tag obtained from Alloc, body filled. From then on the tag is
+	// shared and immutable: the caller must not touch it again.
+	Write(t flv.Tag) error
 	// Kicked is closed when the origin wants this publisher disconnected.
 	Kicked() <-chan struct{}
 	Close(ctx context.Context)
@@ -87,8 +102,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 					conn.Close()
 				}
 			})
-			rw := newChunkNormalizer(conn, normalizerConfig{ReadTimeout: s.ReadTimeout, WriteTimeout: s.ReadTimeout})
-			return rw, &gortmp.ConnConfig{
+			h.norm = newChunkNormalizer(conn, normalizerConfig{
+				ReadTimeout: s.ReadTimeout, WriteTimeout: s.ReadTimeout, Ack: h.sendAck})
+			return h.norm, &gortmp.ConnConfig{
 				Handler: h,
 				Logger:  quiet,
 				ControlState: gortmp.StreamControlStateConfig{
@@ -114,17 +130,18 @@ type handler struct {
 	remote   string
 	conn     net.Conn
 	rtmpConn *gortmp.Conn
+	norm     *chunkNormalizer
 	slot     bool
 	refuse   string
 	deadline *time.Timer
 
-	app     string
-	appKey  string
-	mu      sync.Mutex
-	pub     Publication
-	name    stream.Name
-	scratch bytes.Buffer
-	done    chan struct{} // closed by OnClose; ends the kick watcher
+	app       string
+	appKey    string
+	mu        sync.Mutex
+	pub       Publication
+	name      stream.Name
+	pubStream uint32        // message stream id of the publish
+	done      chan struct{} // closed by OnClose; ends the kick watcher
 }
 
 func (h *handler) started() bool {
@@ -166,8 +183,10 @@ func (h *handler) OnPublish(sc *gortmp.StreamContext, ts uint32, cmd *rtmpmsg.Ne
 		return err
 	}
 	h.mu.Lock()
-	h.pub, h.name = pub, name
+	h.pub, h.name, h.pubStream = pub, name, sc.StreamID
 	h.mu.Unlock()
+	// From the next message on, the normaliser delivers this stream's media to pub.
+	h.norm.publish(sc.StreamID, pub, h.srv.Log.With("stream", name))
 	h.deadline.Stop()
 	// Close the connection when the origin kicks this publisher (its claim was lost).
 	h.done = make(chan struct{})
@@ -182,39 +201,42 @@ func (h *handler) OnPublish(sc *gortmp.StreamContext, ts uint32, cmd *rtmpmsg.Ne
 	return nil
 }
 
+// OnSetDataFrame copies the metadata into a tag: the @setDataFrame payload is already
+// "onMetaData" + object, an FLV script body. (Audio and video never reach go-rtmp: the
+// normaliser delivers them, so OnAudio and OnVideo stay DefaultHandler's.)
 func (h *handler) OnSetDataFrame(ts uint32, data *rtmpmsg.NetStreamSetDataFrame) error {
-	if h.pub == nil {
+	if h.pub == nil || len(data.Payload) == 0 {
 		return nil
 	}
-	// The @setDataFrame payload is already "onMetaData" + object: an FLV script body.
-	return h.write(flv.TypeScript, ts, bytes.NewReader(data.Payload))
-}
-
-func (h *handler) OnAudio(ts uint32, payload io.Reader) error {
-	return h.write(flv.TypeAudio, ts, payload)
-}
-
-func (h *handler) OnVideo(ts uint32, payload io.Reader) error {
-	return h.write(flv.TypeVideo, ts, payload)
-}
-
-// write drains go-rtmp's reused payload reader into a per-connection scratch buffer;
-// WriteTag then copies it once into the immutable frame that everyone shares.
-func (h *handler) write(typ byte, ts uint32, payload io.Reader) error {
-	if h.pub == nil {
-		return errors.New("rtmp: media before publish")
-	}
-	h.scratch.Reset()
-	if _, err := h.scratch.ReadFrom(payload); err != nil {
-		return fmt.Errorf("rtmp: read payload: %w", err)
-	}
-	if err := h.pub.WriteTag(typ, ts, h.scratch.Bytes()); err != nil {
-		h.srv.Log.Debug("rtmp: tag not delivered", "stream", h.name, "err", err)
-	}
-	if h.scratch.Cap() > 1<<20 {
-		h.scratch = bytes.Buffer{} // don't pin a huge keyframe's buffer for the session
+	t := h.pub.Alloc(flv.TypeScript, ts, len(data.Payload))
+	copy(t.Body(), data.Payload)
+	if err := h.pub.Write(t); err != nil {
+		h.srv.Log.Debug("rtmp: metadata not delivered", "stream", h.name, "err", err)
 	}
 	return nil
+}
+
+// OnDeleteStream ends the delivery of media when the client deletes the publishing
+// stream (ffmpeg 5.1 does before it disconnects); the publication itself ends with
+// the connection.
+func (h *handler) OnDeleteStream(_ uint32, cmd *rtmpmsg.NetStreamDeleteStream) error {
+	if h.pub != nil && cmd.StreamID == h.pubStream {
+		h.norm.unpublish()
+	}
+	return nil
+}
+
+// sendAck is the normaliser's way to acknowledge received bytes: through go-rtmp's
+// writer, on the control chunk stream, like the acknowledgements go-rtmp sends itself.
+// The normaliser calls it from go-rtmp's read loop, the goroutine that makes all of
+// go-rtmp's other Write calls too (its message encoder is not safe for concurrent use).
+func (h *handler) sendAck(seq uint32) error {
+	if h.rtmpConn == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(h.ctx, h.srv.ReadTimeout)
+	defer cancel()
+	return h.rtmpConn.Write(ctx, 2, 0, &gortmp.ChunkMessage{StreamID: 0, Message: &rtmpmsg.Ack{SequenceNumber: seq}})
 }
 
 func (h *handler) OnClose() {

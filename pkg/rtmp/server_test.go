@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"io"
 	"log/slog"
 	"net"
@@ -17,6 +18,7 @@ import (
 	gortmp "github.com/yutopp/go-rtmp"
 	rtmpmsg "github.com/yutopp/go-rtmp/message"
 
+	"github.com/flvcdn/flvcdn/pkg/flv"
 	"github.com/flvcdn/flvcdn/pkg/stream"
 )
 
@@ -52,14 +54,18 @@ func (c *countingIngest) count(name stream.Name) int64 {
 	return c.tags[name].Load()
 }
 
-func (p *countingPub) WriteTag(byte, uint32, []byte) error { p.n.Add(1); return nil }
-func (p *countingPub) Kicked() <-chan struct{}             { return p.kicked }
-func (p *countingPub) Close(context.Context)               { p.ing.nopen.Add(-1) }
+func (p *countingPub) Alloc(typ byte, ts uint32, n int) flv.Tag {
+	_, t := flv.AllocTag(0, typ, ts, n)
+	return t
+}
+func (p *countingPub) Write(flv.Tag) error     { p.n.Add(1); return nil }
+func (p *countingPub) Kicked() <-chan struct{} { return p.kicked }
+func (p *countingPub) Close(context.Context)   { p.ing.nopen.Add(-1) }
 
 func quietLogrus() *logrus.Logger { l := logrus.New(); l.SetOutput(io.Discard); return l }
 
 // startServer runs an rtmp.Server on a loopback port until the test ends.
-func startServer(t *testing.T, ing Ingest) string {
+func startServer(t testing.TB, ing Ingest) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -113,7 +119,7 @@ func publishLoop(t *testing.T, addr, name string, stop <-chan struct{}) <-chan e
 }
 
 // handshake performs a plain RTMP handshake as a client.
-func handshake(t *testing.T, conn net.Conn) {
+func handshake(t testing.TB, conn net.Conn) {
 	t.Helper()
 	c1 := make([]byte, 1+1536)
 	c1[0] = 3
@@ -209,4 +215,74 @@ func waitUntil(t *testing.T, d time.Duration, ok func() bool, what string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// A publisher that stops sending while a window's worth of bytes is unacknowledged (the
+// RTMP specification lets a peer wait for acknowledgements) keeps streaming: the Server
+// acknowledges the media bytes that go-rtmp itself never sees.
+func TestServerAcknowledgesMedia(t *testing.T) {
+	ing := &countingIngest{tags: map[stream.Name]*atomic.Int64{}}
+	addr := startServer(t, ing)
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	handshake(t, conn)
+
+	acks := make(chan uint32, 256)
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		cs := gortmp.NewChunkStreamer(conn, io.Discard, nil)
+		defer cs.Close()
+		for {
+			var m gortmp.ChunkMessage
+			if _, _, err := cs.Read(&m); err != nil {
+				return
+			}
+			switch msg := m.Message.(type) {
+			case *rtmpmsg.Ack:
+				acks <- msg.SequenceNumber
+			case *rtmpmsg.SetChunkSize:
+				_ = cs.PeerState().SetChunkSize(msg.ChunkSize)
+			}
+		}
+	}()
+	defer func() { conn.Close(); <-readDone }()
+
+	const window = 64 << 10
+	setup := cnChunk{fmt: 0, csid: 2, length: 4, typ: 5, payload: binary.BigEndian.AppendUint32(nil, window)}.appendTo(nil)
+	setup = append(setup, newBenchStream(t, 4096).setup...) // connect, createStream, publish, chunk size 4096, 2 tags
+	if _, err := conn.Write(setup); err != nil {
+		t.Fatal(err)
+	}
+	sent, acked, nacks := len(setup), 0, 0
+	body := make([]byte, 10000)
+	const frames = 400 // 4 MB, 60 windows
+	for i := 0; i < frames; i++ {
+		for sent-acked > window {
+			select {
+			case a := <-acks:
+				if int(a) > sent || int(a) < acked {
+					t.Fatalf("acknowledgement %d after %d; %d bytes sent", a, acked, sent)
+				}
+				acked = int(a)
+				nacks++
+			case <-time.After(5 * time.Second):
+				t.Fatalf("stalled after %d frames: %d bytes sent, %d acknowledged", i, sent, acked)
+			}
+		}
+		var msg []byte
+		msg = cnChunk{fmt: 1, csid: 6, ts: 33, length: uint32(len(body)), typ: 9, payload: body[:4096]}.appendTo(msg)
+		msg = cnChunk{fmt: 3, csid: 6, payload: body[4096:8192]}.appendTo(msg)
+		msg = cnChunk{fmt: 3, csid: 6, payload: body[8192:]}.appendTo(msg)
+		if _, err := conn.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		sent += len(msg)
+	}
+	name, _ := stream.ParseName("live/bench")
+	waitUntil(t, 10*time.Second, func() bool { return ing.count(name) == 2+frames }, "every frame to be ingested")
+	t.Logf("%d bytes sent, %d acknowledgements received, the last for %d bytes", sent, nacks, acked)
 }
