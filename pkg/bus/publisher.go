@@ -125,8 +125,15 @@ func (o *Outlet) Send(f Frame) error {
 }
 
 func (o *Outlet) publish(subject string, buf []byte, seq uint64) error {
+	max := int(o.p.nc.MaxPayload())
+	if len(buf) <= max {
+		if err := o.p.nc.Publish(subject, buf); err != nil {
+			return fmt.Errorf("bus: publish %s seq %d: %w", o.name, seq, err)
+		}
+		return nil
+	}
 	var first error
-	for _, part := range Frames(buf, o.session, seq, int(o.p.nc.MaxPayload())) {
+	for _, part := range Frames(buf, o.session, seq, max) {
 		if err := o.p.nc.Publish(subject, part); err != nil && first == nil {
 			first = err
 		}
