@@ -156,9 +156,9 @@ func Decode(data []byte) (Message, error) {
 }
 
 // Frames returns the NATS payloads that carry one tag message. buf holds PrefixLen(s)
-// bytes of headroom followed by the tag, with the prefix already written (as NewFrame
+// bytes of headroom followed by the tag, with the prefix already written (as Outlet.Send
 // does). When the whole fits in maxPayload it is returned as is, with no copy;
-// otherwise the tag is split into KindFragment messages (the only copy in this package).
+// otherwise the tag is copied, part by part, into KindFragment messages.
 func Frames(buf []byte, s Session, seq uint64, maxPayload int) [][]byte {
 	if len(buf) <= maxPayload {
 		return [][]byte{buf}
