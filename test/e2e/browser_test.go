@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"github.com/flvcdn/flvcdn/test/harness"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -43,7 +44,7 @@ func TestBrowserPlaysWithMpegtsJS(t *testing.T) {
 	e := c.startEdge()
 	goLive(ctx, t, publish(t, "ffmpeg-publisher", media, o.rtmpURL("live/e2e", "")), "live/e2e", e)
 
-	browserLog := &logBuffer{max: 1 << 20}
+	browserLog := &harness.Tail{Max: 1 << 20}
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(browser),
 		chromedp.Headless,
@@ -68,7 +69,7 @@ func TestBrowserPlaysWithMpegtsJS(t *testing.T) {
 	bctx, cancelBrowser := chromedp.NewContext(allocCtx)
 	defer cancelBrowser()
 
-	console := &logBuffer{max: 1 << 20}
+	console := &harness.Tail{Max: 1 << 20}
 	messages := chromedp.Console(bctx)
 	go func() {
 		for m, err := range messages {

@@ -183,7 +183,7 @@ func TestChaosLiveStreamCannotBeHijacked(t *testing.T) {
 	}
 	refused := 0
 	for _, p := range attempts {
-		if p.running() != nil && p.cmd.ProcessState.ExitCode() != 0 {
+		if p.running() != nil && p.Cmd.ProcessState.ExitCode() != 0 {
 			refused++
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/flvcdn/flvcdn/test/harness"
 	"io"
 	"net"
 	"net/http"
@@ -19,8 +20,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -37,7 +36,7 @@ var (
 func TestMain(m *testing.M) {
 	code := func() int {
 		var err error
-		if repoRoot, err = findRepoRoot(); err != nil {
+		if repoRoot, err = harness.RepoRoot(); err != nil {
 			fmt.Fprintln(os.Stderr, "e2e:", err)
 			return 2
 		}
@@ -50,51 +49,11 @@ func TestMain(m *testing.M) {
 		if testing.Short() {
 			buildErr = errors.New("not built in -short mode")
 		} else {
-			buildErr = buildBinaries()
+			buildErr = harness.BuildBinaries(repoRoot, binDir, os.Getenv("FLVCDN_E2E_RACE") == "1")
 		}
 		return m.Run()
 	}()
 	os.Exit(code)
-}
-
-func findRepoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the working directory")
-		}
-		dir = parent
-	}
-}
-
-func buildBinaries() error {
-	if _, err := exec.LookPath("go"); err != nil {
-		return fmt.Errorf("go toolchain not in PATH: %w", err)
-	}
-	var errs []error
-	for _, b := range []struct{ out, pkg string }{
-		{"flvcdn-origin", "./cmd/origin"},
-		{"flvcdn-edge", "./cmd/edge"},
-	} {
-		args := []string{"build"}
-		if os.Getenv("FLVCDN_E2E_RACE") == "1" {
-			args = append(args, "-race")
-		}
-		args = append(args, "-o", filepath.Join(binDir, b.out), b.pkg)
-		cmd := exec.Command("go", args...)
-		cmd.Dir = repoRoot
-		if out, err := cmd.CombinedOutput(); err != nil {
-			errs = append(errs, fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out))
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // needBinaries fails the test when the product could not be built.
@@ -149,31 +108,17 @@ func freePort(t testing.TB) int {
 
 func hostPort(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
 
-// waitFor polls check every 50 ms until it returns nil, and fails the test with the last
-// error when ctx ends first.
+// waitFor polls check until it returns nil, and fails the test with the last error
+// when ctx ends first.
 func waitFor(ctx context.Context, t testing.TB, what string, check func() error) {
 	t.Helper()
-	if err := poll(ctx, check); err != nil {
+	if err := harness.Poll(ctx, check); err != nil {
 		t.Fatalf("waiting for %s: %v", what, err)
 	}
 }
 
 // poll is waitFor without the test: it returns the last error at the deadline.
-func poll(ctx context.Context, check func() error) error {
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		err := check()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (last: %v)", ctx.Err(), err)
-		case <-tick.C:
-		}
-	}
-}
+func poll(ctx context.Context, check func() error) error { return harness.Poll(ctx, check) }
 
 // within returns a child of ctx limited to d.
 func within(ctx context.Context, t testing.TB, d time.Duration) context.Context {
@@ -182,43 +127,11 @@ func within(ctx context.Context, t testing.TB, d time.Duration) context.Context 
 	return ctx
 }
 
-// logBuffer keeps the last max bytes a process wrote.
-type logBuffer struct {
-	mu      sync.Mutex
-	b       []byte
-	max     int
-	dropped int
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.b = append(l.b, p...)
-	if over := len(l.b) - l.max; over > 0 {
-		l.dropped += over
-		l.b = append(l.b[:0], l.b[over:]...)
-	}
-	return len(p), nil
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.dropped > 0 {
-		return fmt.Sprintf("[... %d earlier bytes dropped ...]\n%s", l.dropped, l.b)
-	}
-	return string(l.b)
-}
-
-// proc is one process the test started.
+// proc is one process the test started (test/harness runs it).
 type proc struct {
-	name     string
-	cmd      *exec.Cmd
-	log      *logBuffer
-	exited   chan struct{}
-	err      error // Wait's result, valid after exited is closed
-	stopping bool  // set by stop; an exit before that is unexpected
-	product  bool  // an flvcdn binary: crashes and race reports fail the test
+	*harness.Proc
+	stopping bool // set by stop; an exit before that is unexpected
+	product  bool // an flvcdn binary: crashes and race reports fail the test
 }
 
 // start runs bin with args, its stdout and stderr captured, and registers cleanup that
@@ -228,120 +141,68 @@ func start(t testing.TB, name, bin string, args ...string) *proc {
 	return startCmd(t, name, exec.Command(bin, args...))
 }
 
-// startCmd is start for a prepared command; its stdout goes to the log unless the
-// caller set cmd.Stdout.
+// startCmd is start for a prepared command; its stdout goes to the log (and to
+// cmd.Stdout, if the caller set it).
 func startCmd(t testing.TB, name string, cmd *exec.Cmd) *proc {
 	t.Helper()
-	p := &proc{name: name, log: &logBuffer{max: 1 << 20}, exited: make(chan struct{}), cmd: cmd}
-	if p.cmd.Stdout == nil {
-		p.cmd.Stdout = p.log
+	cmd.Env = harness.Env()
+	hp, err := harness.Start(name, cmd, 1<<20)
+	if err != nil {
+		t.Fatal(err)
 	}
-	p.cmd.Stderr = p.log
-	p.cmd.Env = childEnv()
-	// If the test binary dies, the kernel kills what it started.
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.exited)
-	}()
+	p := &proc{Proc: hp}
 	t.Cleanup(func() {
 		unexpected := false
 		select {
-		case <-p.exited:
+		case <-p.Exited():
 			unexpected = !p.stopping
 		default:
 		}
 		p.stop()
-		logs := p.log.String()
+		logs := p.Log.String()
 		if p.product {
 			if unexpected {
-				t.Errorf("%s (pid %d) exited on its own during the test: %v", p.name, p.cmd.Process.Pid, p.err)
+				t.Errorf("%s (pid %d) exited on its own during the test: %s", p.Name, p.PID(), p.State())
 			}
 			for _, bad := range []string{"panic:", "WARNING: DATA RACE", "fatal error:"} {
 				if strings.Contains(logs, bad) {
-					t.Errorf("%s log contains %q", p.name, bad)
+					t.Errorf("%s log contains %q", p.Name, bad)
 				}
 			}
 		}
 		if t.Failed() || os.Getenv("FLVCDN_E2E_LOGS") == "1" {
-			t.Logf("----- %s (pid %d, %s) log -----\n%s", p.name, p.cmd.Process.Pid, p.state(), logs)
+			t.Logf("----- %s (pid %d, %s) log -----\n%s", p.Name, p.PID(), p.State(), logs)
 		}
 	})
 	return p
 }
 
-// childEnv is the test's environment without FLVCDN_ settings, so that a developer's
-// shell cannot change what the flags given here mean.
-func childEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "FLVCDN_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-func (p *proc) state() string {
-	select {
-	case <-p.exited:
-		return fmt.Sprintf("exited: %v", p.err)
-	default:
-		return "running"
-	}
-}
+func (p *proc) pid() int { return p.PID() }
 
 // stop sends SIGTERM to the process (by its PID), then SIGKILL if it is still there
 // after two seconds, and waits for it.
 func (p *proc) stop() {
 	p.stopping = true
-	select {
-	case <-p.exited:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-		return
-	case <-time.After(2 * time.Second):
-	}
-	_ = p.cmd.Process.Kill()
-	<-p.exited
+	p.Stop(2 * time.Second)
 }
 
 // kill ends the process at once with SIGKILL, as a crash or a pulled cable would.
 func (p *proc) kill() {
 	p.stopping = true
-	_ = p.cmd.Process.Kill()
-	<-p.exited
+	p.Kill()
 }
 
 // waitExit waits for the process to end on its own and returns its exit code.
 func (p *proc) waitExit(ctx context.Context) (int, error) {
-	select {
-	case <-p.exited:
+	code, err := p.WaitExit(ctx)
+	if err == nil {
 		p.stopping = true
-		return p.cmd.ProcessState.ExitCode(), nil
-	case <-ctx.Done():
-		return -1, fmt.Errorf("%s (pid %d) still running: %w", p.name, p.pid(), ctx.Err())
 	}
+	return code, err
 }
 
 // running reports an error if the process has already exited.
-func (p *proc) running() error {
-	select {
-	case <-p.exited:
-		return fmt.Errorf("%s exited: %v\n%s", p.name, p.err, p.log.String())
-	default:
-		return nil
-	}
-}
+func (p *proc) running() error { return p.Running() }
 
 // startNATS starts nats-server on a free loopback port and returns its URL.
 func startNATS(ctx context.Context, t testing.TB) string {
@@ -486,7 +347,7 @@ func waitReady(ctx context.Context, t testing.TB, p *proc, addr string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	waitFor(ctx, t, p.name+" /readyz", func() error {
+	waitFor(ctx, t, p.Name+" /readyz", func() error {
 		if err := p.running(); err != nil {
 			return err
 		}

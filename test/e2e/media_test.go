@@ -123,7 +123,7 @@ func (p *publisher) waitSent(ctx context.Context, t testing.TB, d time.Duration)
 	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, d+15*time.Second)
 	defer cancel()
-	waitFor(ctx, t, fmt.Sprintf("%s to send %v of media", p.name, d), func() error {
+	waitFor(ctx, t, fmt.Sprintf("%s to send %v of media", p.Name, d), func() error {
 		if err := p.running(); err != nil {
 			return err
 		}
@@ -161,11 +161,11 @@ func expectRefused(ctx context.Context, t testing.TB, p *publisher, why string) 
 	code, err := p.waitExit(ctx)
 	switch {
 	case err != nil:
-		t.Errorf("%s: publisher was not refused: %v; ffmpeg says:\n%s", why, err, lastLines(p.log.String(), 10))
+		t.Errorf("%s: publisher was not refused: %v; ffmpeg says:\n%s", why, err, lastLines(p.Log.String(), 10))
 	case code == 0:
-		t.Errorf("%s: publisher exited 0, want a refusal (non-zero exit); ffmpeg says:\n%s", why, lastLines(p.log.String(), 10))
+		t.Errorf("%s: publisher exited 0, want a refusal (non-zero exit); ffmpeg says:\n%s", why, lastLines(p.Log.String(), 10))
 	default:
-		t.Logf("%s: refused, ffmpeg exit %d: %s", why, code, lastLines(p.log.String(), 3))
+		t.Logf("%s: refused, ffmpeg exit %d: %s", why, code, lastLines(p.Log.String(), 3))
 	}
 }
 

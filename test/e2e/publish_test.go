@@ -131,7 +131,7 @@ func TestGracePeriodPublisherReconnect(t *testing.T) {
 	for v.Tags() < killed+150 {
 		if (cur == nil || cur.running() != nil) && time.Since(lastStart) >= 500*time.Millisecond {
 			if cur != nil {
-				t.Logf("reconnect attempt %d ended: %s", attempts, lastLines(cur.log.String(), 2))
+				t.Logf("reconnect attempt %d ended: %s", attempts, lastLines(cur.Log.String(), 2))
 			}
 			attempts++
 			lastStart = time.Now()

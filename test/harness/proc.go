@@ -10,11 +10,14 @@ package harness
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -166,9 +169,52 @@ func FreeAddr() (string, error) {
 func Env() []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if len(kv) < 7 || kv[:7] != "FLVCDN_" {
+		if !strings.HasPrefix(kv, "FLVCDN_") {
 			env = append(env, kv)
 		}
 	}
 	return env
+}
+
+// RepoRoot is the nearest directory above the working directory with a go.mod.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// Binaries are the product's commands, by the file name BuildBinaries gives them.
+var Binaries = map[string]string{"flvcdn-origin": "./cmd/origin", "flvcdn-edge": "./cmd/edge"}
+
+// BuildBinaries builds the product's commands from root into dir, with the race
+// detector when race is set.
+func BuildBinaries(root, dir string, race bool) error {
+	if _, err := exec.LookPath("go"); err != nil {
+		return fmt.Errorf("go toolchain not in PATH: %w", err)
+	}
+	var errs []error
+	for out, pkg := range Binaries {
+		args := []string{"build"}
+		if race {
+			args = append(args, "-race")
+		}
+		args = append(args, "-o", filepath.Join(dir, out), pkg)
+		cmd := exec.Command("go", args...)
+		cmd.Dir = root
+		if b, err := cmd.CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, b))
+		}
+	}
+	return errors.Join(errs...)
 }
