@@ -19,6 +19,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/flvcdn/flvcdn/test/harness"
 	"net"
 	"net/http"
 	"os"
@@ -208,7 +209,7 @@ func startOrigin(ctx context.Context, t *testing.T, bin, pod string, common, env
 func (o *originProc) janitorMode(ctx context.Context, t *testing.T) string {
 	t.Helper()
 	var mode string
-	waitUntil(ctx, t, o.name+" to say what its janitor does", func() error {
+	waitUntil(ctx, t, o.Name+" to say what its janitor does", func() error {
 		switch l := o.logs(); {
 		case strings.Contains(l, "janitor: leading"), strings.Contains(l, "janitor: following"):
 			mode = "in origin processes"
@@ -256,33 +257,17 @@ func runJanitorInTest(ctx context.Context, t *testing.T, env failoverEnv, select
 func buildBinaries(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator), "./cmd/origin", "./cmd/edge")
-	cmd.Dir = repoRoot(t)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/origin ./cmd/edge: %v\n%s", err, out)
-	}
-	for _, b := range []string{"origin", "edge"} {
-		if err := os.Rename(filepath.Join(dir, b), filepath.Join(dir, "flvcdn-"+b)); err != nil {
-			t.Fatal(err)
-		}
+	if err := harness.BuildBinaries(repoRoot(t), dir, false); err != nil {
+		t.Fatal(err)
 	}
 	return dir
 }
 
 func repoRoot(t *testing.T) string {
 	t.Helper()
-	dir, err := os.Getwd()
+	dir, err := harness.RepoRoot()
 	must(t, err)
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.mod not found above the working directory")
-		}
-		dir = parent
-	}
+	return dir
 }
 
 // makeMedia writes 10 s of H.264 + AAC test pattern with a keyframe a second.
@@ -306,10 +291,9 @@ func ffmpegArgs(file, url string) []string {
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := harness.FreeAddr()
 	must(t, err)
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 func startNATSServer(t *testing.T) string {
@@ -383,27 +367,19 @@ func waitPublishEvent(ctx context.Context, t *testing.T, events <-chan registry.
 	}
 }
 
-// waitUntil polls check every 20 ms until it returns nil or 30 s pass.
+// waitUntil polls check until it returns nil, for at most 30 s.
 func waitUntil(ctx context.Context, t *testing.T, what string, check func() error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	var err error
-	for {
-		if err = check(); err == nil {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("waiting for %s: %v", what, err)
-		case <-time.After(20 * time.Millisecond):
-		}
+	if err := harness.Poll(ctx, check); err != nil {
+		t.Fatalf("waiting for %s: %v", what, err)
 	}
 }
 
 func waitHTTP(ctx context.Context, t *testing.T, p *proc, url string) {
 	t.Helper()
-	waitUntil(ctx, t, p.name+" "+url, func() error {
+	waitUntil(ctx, t, p.Name+" "+url, func() error {
 		if err := p.running(); err != nil {
 			return err
 		}
@@ -417,7 +393,7 @@ func waitHTTP(ctx context.Context, t *testing.T, p *proc, url string) {
 
 func waitLog(ctx context.Context, t *testing.T, p *proc, text string) {
 	t.Helper()
-	waitUntil(ctx, t, p.name+" to log "+strconv.Quote(text), func() error {
+	waitUntil(ctx, t, p.Name+" to log "+strconv.Quote(text), func() error {
 		if !strings.Contains(p.logs(), text) {
 			return errors.New("not yet")
 		}
@@ -425,37 +401,21 @@ func waitLog(ctx context.Context, t *testing.T, p *proc, text string) {
 	})
 }
 
-// proc is a process started by the test: stopped at cleanup (SIGTERM, then
-// SIGKILL after 2 s), its output shown when the test fails.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	out  bytes.Buffer
-	exit chan struct{}
-}
+// proc is a process started by the test (test/harness runs it): stopped at cleanup
+// (SIGTERM, then SIGKILL after 2 s), its output shown when the test fails.
+type proc struct{ *harness.Proc }
 
-func (p *proc) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.Write(b)
-}
-
-func (p *proc) logs() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
-}
+func (p *proc) logs() string { return p.Log.String() }
 
 func startProc(t *testing.T, name, bin string, env []string, args ...string) *proc {
 	t.Helper()
-	p := &proc{name: name, cmd: exec.Command(bin, args...), exit: make(chan struct{})}
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdout, p.cmd.Stderr = p, p
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	hp, err := harness.Start(name, cmd, 4<<20)
+	if err != nil {
+		t.Fatal(err)
 	}
-	go func() { _ = p.cmd.Wait(); close(p.exit) }()
+	p := &proc{hp}
 	t.Cleanup(func() {
 		p.stop()
 		if t.Failed() {
@@ -465,28 +425,11 @@ func startProc(t *testing.T, name, bin string, env []string, args ...string) *pr
 	return p
 }
 
-func (p *proc) running() error {
-	select {
-	case <-p.exit:
-		return fmt.Errorf("%s exited: %v\n%s", p.name, p.cmd.ProcessState, lastLines(p.logs(), 20))
-	default:
-		return nil
-	}
-}
+func (p *proc) running() error { return p.Running() }
 
-func (p *proc) stop() {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exit:
-	case <-time.After(2 * time.Second):
-		p.kill()
-	}
-}
+func (p *proc) stop() { p.Stop(2 * time.Second) }
 
-func (p *proc) kill() {
-	_ = p.cmd.Process.Kill()
-	<-p.exit
-}
+func (p *proc) kill() { p.Kill() }
 
 // grepLines returns the lines of s that contain any of words.
 func grepLines(s string, words ...string) string {
