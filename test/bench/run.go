@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/flvcdn/flvcdn/test/harness"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -66,7 +67,7 @@ func run(ctx context.Context, c *config) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var err error
-	if w.root, err = repoRoot(); err != nil {
+	if w.root, err = harness.RepoRoot(); err != nil {
 		return err
 	}
 	nofile, err := raiseNoFile()
@@ -149,31 +150,12 @@ func run(ctx context.Context, c *config) error {
 	return nil
 }
 
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", fmt.Errorf("working directory: %w", err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the working directory: run from the repository")
-		}
-		dir = parent
-	}
-}
-
 func (w *world) build(ctx context.Context) error {
 	w.logf("building cmd/origin and cmd/edge")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", w.tmp+"/", "./cmd/origin", "./cmd/edge")
-	cmd.Dir = w.root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build: %w\n%s", err, out)
+	if err := harness.BuildBinaries(w.root, w.tmp, false); err != nil {
+		return err
 	}
-	w.originBin, w.edgeBin = filepath.Join(w.tmp, "origin"), filepath.Join(w.tmp, "edge")
+	w.originBin, w.edgeBin = filepath.Join(w.tmp, "flvcdn-origin"), filepath.Join(w.tmp, "flvcdn-edge")
 	return nil
 }
 
