@@ -50,10 +50,11 @@ test-e2e: test-tools
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/e2e/...
 
 # Unit, integration and end-to-end tests, with real nats-server, redis-server,
-# ffmpeg/ffprobe and headless Chromium.
+# ffmpeg/ffprobe and headless Chromium. The e2e suite runs once, against origin and
+# edge binaries built with -race (a race report in their logs fails the test).
 test: test-tools vet
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./pkg/... ./cmd/...
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/e2e/...
+	FLVCDN_E2E_RACE=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/e2e/...
 
 # A real control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)
 # built from the Go module proxy into .cache/, then chart and janitor checks.
@@ -64,7 +65,8 @@ test-k8s:
 fuzz:
 	@set -e; for spec in \
 	  pkg/flv:FuzzReader pkg/flv:FuzzParseMetadata pkg/bus:FuzzDecode \
-	  pkg/rtmp:FuzzChunkNormalizer pkg/httpflv:FuzzParsePath pkg/edge:FuzzJoiner; do \
+	  pkg/rtmp:FuzzChunkNormalizer pkg/httpflv:FuzzParsePath pkg/edge:FuzzJoiner \
+	  pkg/probe:FuzzRead; do \
 	  pkg=$${spec%%:*}; fn=$${spec##*:}; echo "== $$pkg $$fn ($(FUZZTIME))"; \
 	  $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) ./$$pkg; done
 

@@ -118,7 +118,8 @@ func publishLoop(t *testing.T, addr, name string, stop <-chan struct{}) <-chan e
 	return errc
 }
 
-// handshake performs a plain RTMP handshake as a client.
+// handshake performs a plain RTMP handshake as a client. It runs on the attackers'
+// goroutines too, so it reports with t.Errorf (t.Fatal must stay on the test's own).
 func handshake(t testing.TB, conn net.Conn) {
 	t.Helper()
 	c1 := make([]byte, 1+1536)
@@ -128,14 +129,16 @@ func handshake(t testing.TB, conn net.Conn) {
 		c1[i] = 0
 	}
 	if _, err := conn.Write(c1); err != nil {
-		t.Fatal(err)
+		t.Errorf("handshake: %v", err)
+		return
 	}
 	s := make([]byte, 1+1536+1536)
 	if _, err := io.ReadFull(conn, s); err != nil {
-		t.Fatalf("handshake: %v", err)
+		t.Errorf("handshake: %v", err)
+		return
 	}
 	if _, err := conn.Write(s[1 : 1+1536]); err != nil { // C2 echoes S1
-		t.Fatal(err)
+		t.Errorf("handshake: %v", err)
 	}
 }
 

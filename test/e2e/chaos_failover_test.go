@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flvcdn/flvcdn/pkg/flv"
+	"github.com/flvcdn/flvcdn/pkg/probe"
 )
 
 // The origin a streamer publishes to is killed (SIGKILL) while 200 viewers watch through
@@ -79,10 +79,11 @@ func TestChaosOriginKilledViewersFollowPublisherToAnotherOrigin(t *testing.T) {
 // gets a 404 at its next attempt, not an endless "stream did not start".
 func TestChaosOriginKilledWithoutSuccessorPlayersGet404(t *testing.T) {
 	const sc, stream = "origin-kill-no-successor", "live/orphan"
+	const ttl = 3 * time.Second
 	ctx := chaosScenario(t, 60*time.Second, "ffmpeg")
 	media := makeMedia(t, mediaAV)
 	c, _, rs := chaosCluster(ctx, t, "")
-	o := c.startOrigin("--ttl", "3s")
+	o := c.startOrigin("--ttl", ttl.String())
 	e1, e2 := c.startEdge(), c.startEdge()
 	pub := publish(t, "ffmpeg", media, o.rtmpURL(stream, ""))
 	goLive(ctx, t, pub, stream, e1)
@@ -136,6 +137,10 @@ func TestChaosOriginKilledWithoutSuccessorPlayersGet404(t *testing.T) {
 	switch {
 	case lapsed == 0:
 		t.Errorf("the dead origin's claim %s was still in Redis 15 s after the kill", key)
+	case lapsed > ttl+250*time.Millisecond:
+		// The claim's PX is renewed to the TTL at each heartbeat: it must lapse at most one
+		// TTL after the last heartbeat before the kill (+ this poll's 50 ms period).
+		t.Errorf("the dead origin's claim lapsed %v after the kill, want ≤ --ttl %v", lapsed.Round(time.Millisecond), ttl)
 	case got404 == 0:
 		t.Errorf("the player never got a 404 in 12 s after the kill (the claim lapsed %v after it); attempts: %s",
 			lapsed.Round(time.Millisecond), strings.Join(outcomes, " "))
@@ -151,7 +156,7 @@ func splice(recs []tagRec, typ byte) (before, after tagRec, ok bool) {
 	headers := 0
 	at := -1
 	for i, r := range recs {
-		if r.kind == flv.KindVideoHeader {
+		if r.kind == probe.KindVideoHeader {
 			headers++
 			if headers == 2 {
 				at = i
@@ -163,7 +168,7 @@ func splice(recs []tagRec, typ byte) (before, after tagRec, ok bool) {
 		return before, after, false
 	}
 	isMedia := func(r tagRec) bool {
-		return r.typ == typ && r.kind != flv.KindVideoHeader && r.kind != flv.KindAudioHeader
+		return r.typ == typ && r.kind != probe.KindVideoHeader && r.kind != probe.KindAudioHeader
 	}
 	var b, a = -1, -1
 	for i := at - 1; i >= 0 && b < 0; i-- {
@@ -212,7 +217,7 @@ func TestChaosPublisherReconnectsWithinGraceTimelineContinues(t *testing.T) {
 	spliced := func() bool {
 		for _, v := range checked(vs) {
 			recs := v.recs()
-			if _, a, ok := splice(recs, flv.TypeVideo); !ok || len(videoFrames(recs)) == 0 || videoFrames(recs)[len(videoFrames(recs))-1].ts < a.ts+1000 {
+			if _, a, ok := splice(recs, probe.TypeVideo); !ok || len(videoFrames(recs)) == 0 || videoFrames(recs)[len(videoFrames(recs))-1].ts < a.ts+1000 {
 				return false
 			}
 		}
@@ -239,7 +244,7 @@ func TestChaosPublisherReconnectsWithinGraceTimelineContinues(t *testing.T) {
 	var worst time.Duration
 	for _, v := range checked(vs) {
 		recs := v.recs()
-		for _, typ := range []byte{flv.TypeVideo, flv.TypeAudio} {
+		for _, typ := range []byte{probe.TypeVideo, probe.TypeAudio} {
 			b, a, ok := splice(recs, typ)
 			if !ok {
 				t.Errorf("viewer %d: no splice found", v.idx)
@@ -247,7 +252,7 @@ func TestChaosPublisherReconnectsWithinGraceTimelineContinues(t *testing.T) {
 			}
 			jump := time.Duration(int64(a.ts)-int64(b.ts)) * time.Millisecond
 			wall := a.at.Sub(b.at)
-			name := map[byte]string{flv.TypeVideo: "video", flv.TypeAudio: "audio"}[typ]
+			name := map[byte]string{probe.TypeVideo: "video", probe.TypeAudio: "audio"}[typ]
 			figure(t, sc, fmt.Sprintf("viewer%d_%s_ts_jump", v.idx, name), jump, fmt.Sprintf("< 1 frame (40ms) + real gap %v = %v", wall.Round(time.Millisecond), (frame+wall).Round(time.Millisecond)))
 			if jump < 0 || jump >= frame+wall {
 				t.Errorf("viewer %d: %s timestamp jumps %v at the splice (%d → %d ms) for a real gap of %v; want 0 ≤ jump < %v",
@@ -257,6 +262,12 @@ func TestChaosPublisherReconnectsWithinGraceTimelineContinues(t *testing.T) {
 		}
 	}
 	figure(t, sc, "max_ts_jump_minus_real_gap", worst, "< 40ms")
+	if attempts != 1 {
+		t.Errorf("the encoder needed %d attempts to reconnect, want 1: the origin must notice the dropped publisher at once", attempts)
+	}
+	if m := pct(g, 1); m >= 10*time.Second {
+		t.Errorf("a viewer waited %v for data across the reconnect, want < --grace 10s", m)
+	}
 }
 
 // An edge is killed (SIGKILL): its viewers' connections close at once (EOF or reset),
@@ -298,7 +309,8 @@ func TestChaosEdgeKilledItsViewersCloseOthersPlayOn(t *testing.T) {
 		closeAfter = append(closeAfter, v.endedAt.Sub(killedAt))
 		_, err := v.ended()
 		switch {
-		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, flv.ErrShort):
+		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, probe.ErrEnded),
+			errors.Is(err, probe.ErrViolation) && strings.Contains(err.Error(), "stream cut"): // a checked viewer cut mid-tag
 			how["eof"]++
 		case errors.Is(err, syscall.ECONNRESET):
 			how["reset"]++
@@ -316,6 +328,11 @@ func TestChaosEdgeKilledItsViewersCloseOthersPlayOn(t *testing.T) {
 	figure(t, sc, "other_edge_max_gap", pct(g, 1), "≤ 1s (no stall)")
 	if m := pct(closeAfter, 1); m > time.Second {
 		t.Errorf("a viewer of the killed edge noticed %v after the kill, want ≤ 1s", m)
+	}
+	for kind, n := range how {
+		if kind != "eof" && kind != "reset" {
+			t.Errorf("%d viewers of the killed edge ended with %q, want eof or reset", n, kind)
+		}
 	}
 	if m := pct(g, 1); m > time.Second {
 		t.Errorf("a viewer of the other edge waited %v for data during the kill, want ≤ 1s", m)
@@ -452,7 +469,7 @@ func TestChaosRedisRestartRegistryRebuilt(t *testing.T) {
 	// New viewers: on e1 (which pulls the stream) and on e2 (which must look it up).
 	var joined []string
 	for _, e := range []*edge{e1, e2} {
-		r, err := CheckURL(within(ctx, t, 15*time.Second), e.url(stream), ViewOptions{WantAudio: true, WantVideo: true, Duration: 2 * time.Second})
+		r, err := CheckURL(within(ctx, t, 15*time.Second), e.url(stream), ViewOptions{WantAudio: true, WantVideo: true, Duration: 4 * time.Second})
 		if err != nil {
 			t.Errorf("a new viewer on %s after the restart: %v (%s)", e.id, err, r)
 			continue

@@ -8,8 +8,8 @@ package e2e
 //	chaos: <scenario>: <figure>=<value> (target <x>)
 //
 // A crowd is cheap: one goroutine per viewer reading raw socket bytes into a buffer.
-// Only a sample of viewers ("checked") parses the response and runs the FLV Checker;
-// they also record every tag's timestamp and arrival time.
+// Only a sample of viewers ("checked") parses the response and runs pkg/probe's
+// checker; they also record every tag's timestamp and arrival time.
 
 import (
 	"bufio"
@@ -34,7 +34,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flvcdn/flvcdn/pkg/flv"
+	"github.com/flvcdn/flvcdn/pkg/probe"
 )
 
 // chaosScenario is scenario() for the chaos suite: FLVCDN_E2E_CHAOS=0 skips it (it
@@ -339,19 +339,19 @@ func runFFmpeg(t testing.TB, args []string) {
 	}
 }
 
-// readTags returns every tag of an FLV file.
-func readTags(t testing.TB, file string) []flv.Tag {
+// readTags returns every tag of an FLV file (read with the probe's reader; bodies copied).
+func readTags(t testing.TB, file string) []probe.RawTag {
 	t.Helper()
 	f, err := os.Open(file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	r := flv.NewReader(bufio.NewReader(f), 0)
-	if err := r.ReadHeader(); err != nil {
+	r := probe.NewReader(f)
+	if _, err := r.ReadHeader(); err != nil {
 		t.Fatalf("%s: %v", file, err)
 	}
-	var tags []flv.Tag
+	var tags []probe.RawTag
 	for {
 		tag, err := r.ReadTag()
 		if errors.Is(err, io.EOF) {
@@ -360,6 +360,7 @@ func readTags(t testing.TB, file string) []flv.Tag {
 		if err != nil {
 			t.Fatalf("%s: %v", file, err)
 		}
+		tag.Body = bytes.Clone(tag.Body)
 		tags = append(tags, tag)
 	}
 }
@@ -371,8 +372,8 @@ func bitrate(t testing.TB, file string) float64 {
 	var n int
 	var last uint32
 	for _, tag := range tags {
-		n += len(tag)
-		last = max(last, tag.Timestamp())
+		n += 11 + len(tag.Body) + 4
+		last = max(last, tag.TS)
 	}
 	if last == 0 {
 		t.Fatalf("%s: no timestamps", file)
@@ -381,6 +382,10 @@ func bitrate(t testing.TB, file string) float64 {
 }
 
 // ---- crowds of viewers ----
+
+// crowdMaxStall is the stall limit of a crowd's checked viewers: above every stall a
+// scenario provokes (each measures and bounds its own gaps), below the edges' grace.
+const crowdMaxStall = 8 * time.Second
 
 // burstGap: reads closer together than this belong to one arrival (one writev of the
 // edge, split over several reads); only gaps between arrivals enter the histogram.
@@ -416,15 +421,16 @@ func (h *gapHist) quantile(q float64) (time.Duration, int64) {
 
 // viewerOpts says how a crowd's viewer reads.
 type viewerOpts struct {
-	// check parses the response and runs the Checker; tags are recorded.
+	// check parses the response and runs the probe's checker; tags are recorded.
 	check                bool
 	wantAudio, wantVideo bool
 	// rcvBuf sets SO_RCVBUF before connecting (0: the kernel's default).
 	rcvBuf int
 	// rate, in bytes per second, throttles reading (0: as fast as possible).
 	rate float64
-	// onTag, for checked viewers, sees every tag (on the viewer's goroutine).
-	onTag func(t flv.Tag)
+	// onTag, for checked viewers, sees every tag (on the viewer's goroutine; the
+	// body is only valid during the call).
+	onTag func(t probe.Tag)
 }
 
 // tagRec is one tag a checked viewer read.
@@ -432,7 +438,7 @@ type tagRec struct {
 	at   time.Time
 	ts   uint32
 	typ  byte
-	kind flv.Kind
+	kind probe.Kind
 }
 
 // crowdViewer is one viewer of a crowd.
@@ -453,7 +459,7 @@ type crowdViewer struct {
 	drain   atomic.Bool // a throttled viewer reads as fast as it can from now on
 
 	mu        sync.Mutex
-	checker   Checker
+	checker   *probe.Checker
 	violation error
 	tags      []tagRec
 }
@@ -519,7 +525,6 @@ func (c *crowd) connect(ctx context.Context, url string, o viewerOpts) (*crowdVi
 		return nil, err
 	}
 	v := &crowdViewer{c: c, url: url, o: o, conn: conn, done: make(chan struct{})}
-	v.checker = Checker{WantAudio: o.wantAudio, WantVideo: o.wantVideo}
 	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	req := "GET /" + path + " HTTP/1.1\r\nHost: " + host + "\r\nUser-Agent: flvcdn-chaos\r\n\r\n"
 	if _, err := io.WriteString(conn, req); err != nil {
@@ -546,6 +551,11 @@ func (c *crowd) connect(ctx context.Context, url string, o viewerOpts) (*crowdVi
 		return nil, fmt.Errorf("GET %s: %q, want 200 chunked", url, head)
 	}
 	_ = conn.SetDeadline(time.Time{})
+	if o.check {
+		// Gaps are the scenarios' to measure and bound: no stall limit here.
+		v.checker = probe.New(checkOptions(o.wantAudio, o.wantVideo, crowdMaxStall, v.record), time.Now())
+		v.checker.Responded(time.Now(), 200, "video/x-flv")
+	}
 	v.last.Store(time.Now().UnixNano())
 	c.mu.Lock()
 	v.idx = len(c.viewers)
@@ -622,37 +632,24 @@ func (v *crowdViewer) readThrottled() error {
 	return nil
 }
 
-// readChecked decodes the chunked body and runs every tag through the Checker.
+// readChecked decodes the chunked body and runs every tag through the checker. A
+// violation ends the reading; a connection the test closed is not one.
 func (v *crowdViewer) readChecked() error {
-	body := httputil.NewChunkedReader(bufio.NewReaderSize(v, 64<<10))
-	fr := flv.NewReader(body, 0)
-	if err := fr.ReadHeader(); err != nil {
-		return err
-	}
-	v.mu.Lock()
-	err := v.checker.Header(fr.Flags)
-	v.mu.Unlock()
-	if err != nil {
+	body := io.NopCloser(httputil.NewChunkedReader(bufio.NewReaderSize(v, 64<<10)))
+	err := probe.Watch(context.Background(), body, v.checker)
+	if errors.Is(err, probe.ErrViolation) && !v.closing.Load() {
 		v.setViolation(err)
-		return err
 	}
-	for {
-		t, err := fr.ReadTag()
-		if err != nil {
-			return err
-		}
-		rec := tagRec{at: time.Now(), ts: t.Timestamp(), typ: t.Type(), kind: flv.Classify(t.Type(), t.Body())}
-		v.mu.Lock()
-		err = v.checker.Tag(t)
-		v.tags = append(v.tags, rec)
-		v.mu.Unlock()
-		if v.o.onTag != nil {
-			v.o.onTag(t)
-		}
-		if err != nil {
-			v.setViolation(err)
-			return err
-		}
+	return err
+}
+
+// record keeps a checked viewer's tag (the checker's OnTag).
+func (v *crowdViewer) record(t probe.Tag) {
+	v.mu.Lock()
+	v.tags = append(v.tags, tagRec{at: t.At, ts: t.TS, typ: t.Type, kind: t.Kind})
+	v.mu.Unlock()
+	if v.o.onTag != nil {
+		v.o.onTag(t)
 	}
 }
 
@@ -692,11 +689,15 @@ func (v *crowdViewer) recs() []tagRec {
 	return slices.Clone(v.tags)
 }
 
-// report is the checked viewer's Checker report and first violation.
+// report is the checked viewer's report and first violation.
 func (v *crowdViewer) report() (Report, error) {
+	var r Report
+	if v.checker != nil { // unchecked viewers have none
+		r = v.checker.Report()
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	return v.checker.Report(), v.violation
+	return r, v.violation
 }
 
 // all returns the crowd's viewers.
@@ -752,8 +753,27 @@ func waitGrown(ctx context.Context, t testing.TB, what string, vs []*crowdViewer
 
 // checkViewers fails the test for every viewer in vs that ended or, when checked, saw
 // a violation; it returns how many were fine.
+//
+// A checked viewer must also have received what every viewer must (received): among
+// it one measured window of media time against the wall clock. Stalls and splices
+// restart that measurement, so checkViewers first gives checked viewers that are still
+// fine up to 10 s (polled) to complete a window after the scenario's last disruption.
 func checkViewers(t testing.TB, what string, vs []*crowdViewer) int {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = poll(ctx, func() error {
+		for _, v := range checked(vs) {
+			r, err := v.report()
+			if ended, _ := v.ended(); ended || err != nil {
+				continue
+			}
+			if r.RateWindows == 0 {
+				return fmt.Errorf("viewer %d: no rate window yet", v.idx)
+			}
+		}
+		return nil
+	})
 	ok := 0
 	for _, v := range vs {
 		if ended, err := v.ended(); ended {
@@ -761,7 +781,11 @@ func checkViewers(t testing.TB, what string, vs []*crowdViewer) int {
 			continue
 		}
 		if v.o.check {
-			if r, err := v.report(); err != nil {
+			r, err := v.report()
+			if err == nil {
+				err = received(r, v.o.wantVideo)
+			}
+			if err != nil {
 				t.Errorf("%s: viewer %d (%s): %v; %s", what, v.idx, v.url, err, r)
 				continue
 			}
@@ -834,7 +858,7 @@ func (c *crowd) audience(ctx context.Context, url string, n, nChecked int) []*cr
 func videoFrames(recs []tagRec) []tagRec {
 	var out []tagRec
 	for _, r := range recs {
-		if r.typ == flv.TypeVideo && r.kind != flv.KindVideoHeader {
+		if r.typ == probe.TypeVideo && r.kind != probe.KindVideoHeader && r.kind != probe.KindVideoInfo {
 			out = append(out, r)
 		}
 	}

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flvcdn/flvcdn/pkg/flv"
+	"github.com/flvcdn/flvcdn/pkg/probe"
 )
 
 // makeHugeKeyframe makes a 2 s clip whose first frame is a lossless (-qp 0) picture of
@@ -29,14 +29,14 @@ func makeHugeKeyframe(t testing.TB) (string, []byte) {
 		"-c:a", "aac", "-b:a", "64k", "-ar", "44100")
 	var big []byte
 	for _, tag := range readTags(t, file) {
-		if tag.Type() == flv.TypeVideo && len(tag.Body()) > len(big) {
-			big = tag.Body()
+		if tag.Type == probe.TypeVideo && len(tag.Body) > len(big) {
+			big = tag.Body
 		}
 	}
 	if len(big) < 3<<20 {
 		t.Fatalf("largest video tag of %s is %d bytes, want ≥ 3 MiB", file, len(big))
 	}
-	if k := flv.Classify(flv.TypeVideo, big); k != flv.KindKeyframe {
+	if k := probe.Classify(probe.TypeVideo, big).Kind; k != probe.KindKeyframe {
 		t.Fatalf("largest video tag of %s is a %s, want a keyframe", file, k)
 	}
 	return file, big
@@ -61,23 +61,23 @@ func TestChaosTagLargerThanNATSMaxPayloadDeliveredIntact(t *testing.T) {
 	var intact, broken int
 	var firstBad string
 	cr := newCrowd(t)
-	vs := cr.add(ctx, e.url(stream), 3, viewerOpts{check: true, wantAudio: true, wantVideo: true, onTag: func(tag flv.Tag) {
-		if tag.Type() != flv.TypeVideo || len(tag.Body()) < 1<<20 {
+	vs := cr.add(ctx, e.url(stream), 3, viewerOpts{check: true, wantAudio: true, wantVideo: true, onTag: func(tag probe.Tag) {
+		if tag.Type != probe.TypeVideo || len(tag.Body) < 1<<20 {
 			return
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		if bytes.Equal(tag.Body(), key) {
+		if bytes.Equal(tag.Body, key) {
 			intact++
 			return
 		}
 		broken++
 		if firstBad == "" {
 			n := 0
-			for n < min(len(key), len(tag.Body())) && key[n] == tag.Body()[n] {
+			for n < min(len(key), len(tag.Body)) && key[n] == tag.Body[n] {
 				n++
 			}
-			firstBad = fmt.Sprintf("%d bytes (source %d), first difference at byte %d", len(tag.Body()), len(key), n)
+			firstBad = fmt.Sprintf("%d bytes (source %d), first difference at byte %d", len(tag.Body), len(key), n)
 		}
 	}})
 	waitFor(within(ctx, t, 30*time.Second), t, "each viewer to get the big keyframe three times", func() error {
@@ -140,16 +140,17 @@ func TestChaosLiveStreamCannotBeHijacked(t *testing.T) {
 	var mu sync.Mutex
 	var videoHeaders [][]byte
 	cr := newCrowd(t)
-	vs := cr.add(ctx, e.url(stream), 2, viewerOpts{check: true, wantAudio: true, wantVideo: true, onTag: func(tag flv.Tag) {
-		if flv.Classify(tag.Type(), tag.Body()) == flv.KindVideoHeader {
+	vs := cr.add(ctx, e.url(stream), 2, viewerOpts{check: true, wantAudio: true, wantVideo: true, onTag: func(tag probe.Tag) {
+		if tag.Kind == probe.KindVideoHeader {
 			mu.Lock()
-			videoHeaders = append(videoHeaders, bytes.Clone(tag.Body()))
+			videoHeaders = append(videoHeaders, bytes.Clone(tag.Body))
 			mu.Unlock()
 		}
 	}})
 	waitGrown(within(ctx, t, 20*time.Second), t, "the viewers to read 64 KB", vs, make([]int64, len(vs)), 64<<10)
 	cr.resetGaps()
 
+	before := map[*origin]map[string]float64{o1: o1.refusals(ctx, t), o2: o2.refusals(ctx, t)}
 	attempts := map[string]*publisher{}
 	for _, o := range []*origin{o1, o2} {
 		for why, key := range map[string]string{
@@ -163,6 +164,11 @@ func TestChaosLiveStreamCannotBeHijacked(t *testing.T) {
 	}
 	for name, p := range attempts {
 		expectRefused(ctx, t, p, name)
+	}
+	// By reason, at each origin: two without the right key (auth), one with it while
+	// the owner is live (taken).
+	for o, b := range before {
+		o.expectRefusals(ctx, t, b, map[string]float64{"auth": 2, "taken": 1})
 	}
 	atEnd := byteCounts(vs)
 	waitGrown(within(ctx, t, 10*time.Second), t, "the viewers to keep reading", vs, atEnd, 32<<10)

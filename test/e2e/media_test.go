@@ -169,8 +169,46 @@ func expectRefused(ctx context.Context, t testing.TB, p *publisher, why string) 
 	}
 }
 
-// probe runs ffprobe on url and returns the codec names of the streams it finds.
-func probe(ctx context.Context, t testing.TB, url string) []string {
+// refusalReasons are the labels of flvcdn_origin_publish_refused_total.
+var refusalReasons = []string{"auth", "taken", "draining", "limit"}
+
+// refusals reads an origin's publish refusals by reason, and the number of RTMP-level
+// refusals of bad names in its log (those never reach the origin's counter).
+func (o *origin) refusals(ctx context.Context, t testing.TB) map[string]float64 {
+	t.Helper()
+	out := map[string]float64{}
+	for _, r := range refusalReasons {
+		v, err := series(ctx, o.httpAddr, `flvcdn_origin_publish_refused_total{reason="`+r+`"}`)
+		if err != nil {
+			t.Fatalf("%s /metrics: %v", o.id, err)
+		}
+		out[r] = v
+	}
+	out["bad-name"] = float64(strings.Count(o.Log.String(), "rtmp: publish refused: bad name"))
+	return out
+}
+
+// expectRefusals checks that the origin refused exactly want (reason → count) since
+// before, and nothing for any other reason.
+func (o *origin) expectRefusals(ctx context.Context, t testing.TB, before map[string]float64, want map[string]float64) {
+	t.Helper()
+	var got map[string]float64
+	err := poll(within(ctx, t, 5*time.Second), func() error {
+		got = o.refusals(ctx, t)
+		for r, n := range got {
+			if got[r]-before[r] != want[r] {
+				return fmt.Errorf("%s: %v refused %q, want %v", o.id, n-before[r], r, want[r])
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("refusals by reason at %s: %v (want %v)", o.id, err, want)
+	}
+}
+
+// ffprobeCodecs runs ffprobe on url and returns the codec names of the streams it finds.
+func ffprobeCodecs(ctx context.Context, t testing.TB, url string) []string {
 	t.Helper()
 	needTools(t, "ffprobe")
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)

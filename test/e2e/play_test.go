@@ -46,7 +46,7 @@ func TestPublishWithFFmpegPlayThroughTwoEdges(t *testing.T) {
 		urls = append(urls, e.url("live/e2e"))
 	}
 	for _, u := range urls {
-		if got, want := probe(ctx, t, u), []string{"aac", "h264"}; !slices.Equal(got, want) {
+		if got, want := ffprobeCodecs(ctx, t, u), []string{"aac", "h264"}; !slices.Equal(got, want) {
 			t.Errorf("ffprobe %s: codecs %s, want %s", u, codecsString(got), codecsString(want))
 		}
 	}
@@ -72,7 +72,7 @@ func TestAudioOnlyAndVideoOnly(t *testing.T) {
 	goLive(ctx, t, pv, "live/video", e)
 
 	t.Run("audio", func(t *testing.T) {
-		r, err := CheckURL(ctx, e.url("live/audio"), ViewOptions{WantAudio: true, Duration: 3 * time.Second})
+		r, err := CheckURL(ctx, e.url("live/audio"), ViewOptions{WantAudio: true, Duration: 4 * time.Second})
 		t.Logf("live/audio: %s", r)
 		if err != nil {
 			t.Fatal(err)
@@ -82,7 +82,7 @@ func TestAudioOnlyAndVideoOnly(t *testing.T) {
 		}
 	})
 	t.Run("video", func(t *testing.T) {
-		r, err := CheckURL(ctx, e.url("live/video"), ViewOptions{WantVideo: true, Duration: 3 * time.Second})
+		r, err := CheckURL(ctx, e.url("live/video"), ViewOptions{WantVideo: true, Duration: 4 * time.Second})
 		t.Logf("live/video: %s", r)
 		if err != nil {
 			t.Fatal(err)
@@ -108,7 +108,7 @@ func TestTimestampsPastExtendedRange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	werr := v.WaitTags(within(ctx, t, 20*time.Second), "100 video tags", func(v *Viewer) bool { return v.VideoTags() >= 100 })
+	werr := v.WaitTags(within(ctx, t, 20*time.Second), "125 video tags", func(v *Viewer) bool { return v.VideoTags() >= 125 })
 	r, err := v.Stop()
 	t.Logf("live/late: %s", r)
 	if werr != nil {
@@ -150,7 +150,7 @@ func TestLaterViewerStartsAtKeyframe(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("joining %d frames into a GOP", first.VideoSinceKeyframe())
-	opts.Duration = 3 * time.Second
+	opts.Duration = 4 * time.Second
 	reps := viewAll(ctx, t, []string{e1.url("live/join"), e2.url("live/join")}, opts)
 	for i, r := range reps {
 		if r.Keyframes < 1 || r.Video < 50 {
@@ -198,7 +198,7 @@ func TestViewerWaitingBeforeGoLive(t *testing.T) {
 	o := c.startOrigin()
 	e := c.startEdge()
 	url := e.url("live/soon")
-	opts := ViewOptions{WantAudio: true, WantVideo: true, Duration: 3 * time.Second}
+	opts := ViewOptions{WantAudio: true, WantVideo: true, Duration: 4 * time.Second}
 
 	// The player is already retrying when the publisher starts.
 	if _, err := StartViewer(ctx, url, opts); err == nil {

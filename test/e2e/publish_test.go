@@ -28,8 +28,10 @@ func TestSecondPublisherRefused(t *testing.T) {
 	}
 
 	for _, o := range []*origin{o1, o2} {
+		before := o.refusals(ctx, t)
 		second := publish(t, "ffmpeg-second-at-"+o.id, media, o.rtmpURL("live/one", ""))
 		expectRefused(ctx, t, second, "second publisher of live/one at "+o.id)
+		o.expectRefusals(ctx, t, before, map[string]float64{"taken": 1})
 		n := v.Tags()
 		if err := v.WaitTags(within(ctx, t, 10*time.Second), "100 more tags after the attempt", func(v *Viewer) bool { return v.Tags() >= n+100 }); err != nil {
 			t.Fatal(err)
@@ -60,6 +62,7 @@ func TestBadNameRefused(t *testing.T) {
 			strings.Repeat("b", 65) + "/demo",
 			"live/bad%20name",
 		}
+		before := open.refusals(ctx, t)
 		var pubs []*publisher
 		for i, name := range bad {
 			pubs = append(pubs, publish(t, fmt.Sprintf("ffmpeg-bad-%d", i), media, open.rtmpURL(name, "")))
@@ -67,6 +70,7 @@ func TestBadNameRefused(t *testing.T) {
 		for i, p := range pubs {
 			expectRefused(ctx, t, p, fmt.Sprintf("publish to %q", bad[i]))
 		}
+		open.expectRefusals(ctx, t, before, map[string]float64{"bad-name": float64(len(bad))})
 		// The longest valid name works: the limit is 64, not less.
 		long := "live/" + strings.Repeat("a", 64)
 		goLive(ctx, t, publish(t, "ffmpeg-64", media, open.rtmpURL(long, "")), long, e)
@@ -80,6 +84,7 @@ func TestBadNameRefused(t *testing.T) {
 			"key of another stream":   publishKey(secret, "live/other"),
 			"key with another secret": publishKey("not-"+secret, stream),
 		}
+		before := locked.refusals(ctx, t)
 		pubs := map[string]*publisher{}
 		for why, key := range wrong {
 			pubs[why] = publish(t, "ffmpeg-"+strings.ReplaceAll(why, " ", "-"), media, locked.rtmpURL(stream, key))
@@ -87,8 +92,9 @@ func TestBadNameRefused(t *testing.T) {
 		for why, p := range pubs {
 			expectRefused(ctx, t, p, why)
 		}
+		locked.expectRefusals(ctx, t, before, map[string]float64{"auth": float64(len(wrong))})
 		goLive(ctx, t, publish(t, "ffmpeg-right-key", media, locked.rtmpURL(stream, publishKey(secret, stream))), stream, e)
-		r, err := CheckURL(ctx, e.url(stream), ViewOptions{WantAudio: true, WantVideo: true, Duration: 2 * time.Second})
+		r, err := CheckURL(ctx, e.url(stream), ViewOptions{WantAudio: true, WantVideo: true, Duration: 4 * time.Second})
 		t.Logf("%s: %s", stream, r)
 		if err != nil {
 			t.Fatal(err)
@@ -113,7 +119,7 @@ func TestGracePeriodPublisherReconnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer v.Stop()
-	if err := v.WaitTags(within(ctx, t, 15*time.Second), "75 video tags", func(v *Viewer) bool { return v.VideoTags() >= 75 }); err != nil {
+	if err := v.WaitTags(within(ctx, t, 15*time.Second), "125 video tags", func(v *Viewer) bool { return v.VideoTags() >= 125 }); err != nil {
 		t.Fatal(err)
 	}
 
@@ -170,7 +176,7 @@ func TestViewerEndsAfterGrace(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer v.Stop()
-	if err := v.WaitTags(within(ctx, t, 15*time.Second), "50 video tags", func(v *Viewer) bool { return v.VideoTags() >= 50 }); err != nil {
+	if err := v.WaitTags(within(ctx, t, 15*time.Second), "125 video tags", func(v *Viewer) bool { return v.VideoTags() >= 125 }); err != nil {
 		t.Fatal(err)
 	}
 	pub.kill()

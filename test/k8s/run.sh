@@ -292,6 +292,7 @@ go_e2e() {
 		FLVCDN_K8S_JANITOR_KUBECONFIG=$SA_KUBECONFIG \
 		go test -tags k8s_e2e -count=1 -v -timeout 10m -run "$run" ./test/k8s/ >"$out" 2>&1) ||
 		{ grep -v '^time=' "$out" | tail -80; fail "$title"; }
+	grep -q 'no tests to run' "$out" && { tail -20 "$out"; fail "$title: no tests to run for -run '$run'"; }
 	local figures
 	figures=$(grep -o 'FIGURE .*' "$out" | sed 's/^FIGURE //' | paste -sd ';' -)
 	end "${figures:-ok}"
