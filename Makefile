@@ -29,7 +29,8 @@ run: build
 	for i in $$(seq 100); do curl -fs http://$(ORIGIN_HTTP)/readyz >/dev/null 2>&1 && break; sleep 0.1; done; \
 	$(BIN)/flvcdn-edge --nats-url nats://$(NATS_ADDR) --http-addr $(EDGE_ADDR) --drain-grace 2s & e=$$!; \
 	ep=$(lastword $(subst :, ,$(EDGE_ADDR))); rp=$(lastword $(subst :, ,$(RTMP_ADDR))); \
-	echo; echo "  page:    http://localhost:$$ep/"; \
+	echo; echo "  console: http://localhost:$$ep/console      (live streams and nodes across the cluster)"; \
+	echo "  page:    http://localhost:$$ep/"; \
 	echo "  play:    http://localhost:$$ep/live/demo.flv   (ffplay, VLC, ffmpeg -i, flv.js, mpegts.js)"; \
 	echo "  publish: ffmpeg -re -i in.mp4 -c:v libx264 -c:a aac -f flv rtmp://localhost:$$rp/live/mystream"; \
 	echo "           then play http://localhost:$$ep/live/mystream.flv  (Ctrl-C stops everything)"; echo; \

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -50,7 +51,11 @@ type Server struct {
 	PlaySecret string
 
 	writers sync.WaitGroup
+	written atomic.Uint64 // bytes written to viewers, for BytesOut
 }
+
+// BytesOut returns the FLV bytes this server has written to viewers.
+func (s *Server) BytesOut() uint64 { return s.written.Load() }
 
 var (
 	bytesOut = promauto.NewCounter(prometheus.CounterOpts{
@@ -229,6 +234,7 @@ func (s *Server) serveConn(ctx context.Context, conn *viewerConn, hdr http.Heade
 				return
 			}
 			bytesOut.Add(float64(n))
+			s.written.Add(uint64(n))
 		}
 		if err != nil {
 			s.finish(conn, name, err)
@@ -307,6 +313,7 @@ func (s *Server) serveFlushed(r *http.Request, w http.ResponseWriter, v *edge.Vi
 				return
 			}
 			bytesOut.Add(float64(len(b)))
+			s.written.Add(uint64(len(b)))
 		}
 		if ferr := rc.Flush(); ferr != nil {
 			return
