@@ -67,6 +67,15 @@ func TestViewMergesOriginsAndEdges(t *testing.T) {
 	}
 }
 
+func TestAnOriginAndAnEdgeMayShareAnID(t *testing.T) {
+	v, _ := clockedView()
+	v.Add(originReport("laptop", "live/demo"))
+	v.Add(edgeOf("laptop", map[string]int{"live/demo": 1}))
+	if s, ok := v.Stream("live/demo"); !ok || s.ViewersByEdge["laptop"] != 1 || len(v.Nodes()) != 2 {
+		t.Fatalf("origin and edge both named laptop: %+v, %d nodes", s, len(v.Nodes()))
+	}
+}
+
 func TestSilentNodesVanish(t *testing.T) {
 	v, now := clockedView()
 	v.Add(originReport("o1", "live/a"))

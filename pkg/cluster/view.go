@@ -83,7 +83,7 @@ type Stream struct {
 	ViewersByEdge map[string]int `json:"viewers_by_edge"`
 }
 
-// View is the latest report of every node heard from within MaxAge.
+// View is the latest report of every node (by role and id) heard from within MaxAge.
 type View struct {
 	now func() time.Time
 
@@ -105,7 +105,9 @@ func (v *View) Add(r Report) {
 		return
 	}
 	v.mu.Lock()
-	v.nodes[r.Node.ID] = heard{r: r, at: v.now()}
+	// An origin and an edge may share an id (both default to the host name on a
+	// laptop), so a node is its role and its id.
+	v.nodes[r.Node.Role+"/"+r.Node.ID] = heard{r: r, at: v.now()}
 	v.mu.Unlock()
 }
 
