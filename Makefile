@@ -56,6 +56,8 @@ test-e2e: test-tools
 test: test-tools vet
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./pkg/... ./cmd/...
 	FLVCDN_E2E_RACE=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/e2e/...
+	# The edge's memory bound under slow viewers, on a plain build (race builds inflate RSS).
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run 'TestChaosSlowViewersSkipThenDropOthersUnaffected' ./test/e2e/
 
 # A real control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)
 # built from the Go module proxy into .cache/, then chart and janitor checks.
