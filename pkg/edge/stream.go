@@ -321,6 +321,9 @@ func (s *Stream) onSnapshot(a snapAnswer) {
 	r := s.joiner.onSnapshot(a.s)
 	if r.newSession {
 		s.timeline.Splice()
+		if len(r.gop) > 0 {
+			s.timeline.Begin(r.gop[0].Tag.Timestamp()) // the first headers take the first media's time
+		}
 		// Track flags come from the origin (metadata and tags it saw); tags seen
 		// here can only add to them.
 		s.hasAudio = a.s.Flags&bus.FlagHasAudio != 0
