@@ -84,7 +84,7 @@ func buildBinaries() error {
 		{"flvcdn-edge", "./cmd/edge"},
 	} {
 		args := []string{"build"}
-		if os.Getenv("FLVCDN_E2E_RACE") == "1" {
+		if raceBuilt() {
 			args = append(args, "-race")
 		}
 		args = append(args, "-o", filepath.Join(binDir, b.out), b.pkg)
@@ -96,6 +96,9 @@ func buildBinaries() error {
 	}
 	return errors.Join(errs...)
 }
+
+// raceBuilt reports whether the product binaries were built with -race.
+func raceBuilt() bool { return os.Getenv("FLVCDN_E2E_RACE") == "1" }
 
 // needBinaries fails the test when the product could not be built.
 func needBinaries(t testing.TB) {
