@@ -134,6 +134,7 @@ type Checker struct {
 type track struct {
 	name     string
 	seen     bool // any tag of this track
+	data     bool // a tag that is not a sequence header (frames, even of unknown codecs)
 	framed   bool // a coded frame seen
 	firstTS  uint32
 	lastTS   uint32
@@ -368,6 +369,9 @@ func (c *Checker) media(i int, at time.Time, ts uint32, cl Class, typ byte) erro
 		t.points, t.hasPrev = nil, false
 	}
 	t.lastAt = at
+	if cl.Kind != KindVideoHeader && cl.Kind != KindAudioHeader {
+		t.data = true
+	}
 	switch cl.Kind {
 	case KindVideoHeader, KindAudioHeader:
 		t.headers++
@@ -520,11 +524,12 @@ func (c *Checker) Finish(at time.Time) error {
 	if c.r.Tags == 0 {
 		return c.fail("only the FLV header, no tag in %v", at.Sub(c.start).Round(time.Millisecond))
 	}
-	// A track the header announces must show up once the other has run for a while.
+	// A track the header announces must play (more than its sequence header) once the
+	// other has run for a while.
 	for i, bit := range []byte{1, 4} {
 		t, o := &c.tracks[i], &c.tracks[1-i]
-		if c.r.Flags&bit != 0 && !t.seen && o.seen && o.lastTS-o.firstTS >= 2000 {
-			return c.fail("header flags 0x%02x announce %s, but no %s tag came in %d ms of %s", c.r.Flags, t.name, t.name, o.lastTS-o.firstTS, o.name)
+		if c.r.Flags&bit != 0 && !t.data && o.data && o.lastTS-o.firstTS >= 2000 {
+			return c.fail("header flags 0x%02x announce %s, but no %s frame came in %d ms of %s", c.r.Flags, t.name, t.name, o.lastTS-o.firstTS, o.name)
 		}
 	}
 	return nil

@@ -193,7 +193,16 @@ func TestRejects(t *testing.T) {
 				}
 			}
 			return s
-		}, "announce audio, but no audio tag came"},
+		}, "announce audio, but no audio frame came"},
+		{"flags announce audio, only its sequence header comes", Options{}, func() *synth {
+			s := &synth{flags: 5}
+			for _, t := range live(3).tags {
+				if t.typ != TypeAudio || t.body[1] == 0 {
+					s.tags = append(s.tags, t)
+				}
+			}
+			return s
+		}, "announce audio, but no audio frame came in 2960 ms of video"},
 		{"flags not the expected tracks", Options{Expect: &Tracks{Video: true}}, func() *synth { return live(1) }, "header flags 0x05, want 0x01"},
 		{"reserved flag bits", Options{}, func() *synth { s := live(1); s.flags = 0x25; return s }, "reserved bits"},
 		{"video timestamps back", Options{}, func() *synth {

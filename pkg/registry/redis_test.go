@@ -1,13 +1,12 @@
 package registry
 
 import (
-	"bytes"
 	"context"
 	"errors"
+	"github.com/flvcdn/flvcdn/test/harness"
 	"net"
 	"os"
 	"os/exec"
-	"strconv"
 	"testing"
 	"time"
 
@@ -104,55 +103,33 @@ func startRedisServer(t *testing.T) string {
 }
 
 func tryRedisServer(t *testing.T, bin string) (string, error) {
-	port, err := freePort()
+	addr, err := harness.FreeAddr()
 	if err != nil {
 		return "", err
 	}
-	var logs bytes.Buffer
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", t.TempDir())
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
+	host, port, _ := net.SplitHostPort(addr)
+	p, err := harness.Start("redis-server", exec.Command(bin, "--port", port, "--bind", host,
+		"--save", "", "--appendonly", "no", "--dir", t.TempDir()), 64<<10)
+	if err != nil {
 		return "", err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stop := func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	}
-
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	client := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
 	defer client.Close()
-	deadline := time.Now().Add(waitLimit)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := client.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			t.Cleanup(stop)
-			return addr, nil
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	var exited error
+	err = harness.Poll(ctx, func() error {
+		if exited = p.Running(); exited != nil {
+			return nil // stop polling: it is gone
 		}
-		select {
-		case werr := <-exited:
-			exited <- werr // for stop, should it run
-			return "", errors.Join(errors.New("redis-server exited"), werr, errors.New(logs.String()))
-		default:
-		}
-		if time.Now().After(deadline) {
-			stop()
-			return "", errors.Join(errors.New("redis-server not answering"), err, errors.New(logs.String()))
-		}
-		time.Sleep(20 * time.Millisecond)
+		pctx, pcancel := context.WithTimeout(ctx, time.Second)
+		defer pcancel()
+		return client.Ping(pctx).Err()
+	})
+	if err == nil && exited == nil {
+		t.Cleanup(p.Kill)
+		return addr, nil
 	}
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	p.Kill()
+	return "", errors.Join(errors.New("redis-server not answering"), exited, err)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"github.com/flvcdn/flvcdn/test/harness"
 	"io"
 	"log/slog"
 	"net"
@@ -150,7 +151,7 @@ func TestGarbageAndTruncatedSessionsDoNotHurtOtherStreams(t *testing.T) {
 	stop := make(chan struct{})
 	pubErr := publishLoop(t, addr, "healthy", stop)
 	healthy, _ := stream.ParseName("live/healthy")
-	waitUntil(t, 5*time.Second, func() bool { return ing.count(healthy) > 20 }, "the healthy stream to flow")
+	harness.Until(t, 5*time.Second, "the healthy stream to flow", func() bool { return ing.count(healthy) > 20 })
 
 	garbage := func(b []byte) []byte { _, _ = rand.Read(b); return b }
 	attacks := map[string]func(net.Conn){
@@ -203,21 +204,10 @@ func TestGarbageAndTruncatedSessionsDoNotHurtOtherStreams(t *testing.T) {
 	if err := <-pubErr; err != nil {
 		t.Fatalf("healthy publisher: %v", err)
 	}
-	waitUntil(t, 10*time.Second, func() bool { return ing.nopen.Load() == 0 }, "every publication to be closed")
-	waitUntil(t, 10*time.Second, func() bool { return runtime.NumGoroutine() <= baseline+2 }, "goroutines back to the baseline")
+	harness.Until(t, 10*time.Second, "every publication to be closed", func() bool { return ing.nopen.Load() == 0 })
+	harness.Until(t, 10*time.Second, "goroutines back to the baseline", func() bool { return runtime.NumGoroutine() <= baseline+2 })
 	t.Logf("healthy stream: %d tags while %d bad sessions came and went; goroutines %d -> %d",
 		after-before, 5*len(attacks), baseline, runtime.NumGoroutine())
-}
-
-func waitUntil(t *testing.T, d time.Duration, ok func() bool, what string) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // A publisher that stops sending while a window's worth of bytes is unacknowledged (the
@@ -286,6 +276,6 @@ func TestServerAcknowledgesMedia(t *testing.T) {
 		sent += len(msg)
 	}
 	name, _ := stream.ParseName("live/bench")
-	waitUntil(t, 10*time.Second, func() bool { return ing.count(name) == 2+frames }, "every frame to be ingested")
+	harness.Until(t, 10*time.Second, "every frame to be ingested", func() bool { return ing.count(name) == 2+frames })
 	t.Logf("%d bytes sent, %d acknowledgements received, the last for %d bytes", sent, nacks, acked)
 }

@@ -131,7 +131,7 @@ func TestChaosOriginKilledWithoutSuccessorPlayersGet404(t *testing.T) {
 		}
 	}
 	lapsed = <-lapsedCh
-	figure(t, sc, "claim_lapsed_after_kill", lapsed, "≤ --ttl 3s")
+	figure(t, sc, "claim_lapsed_after_kill", lapsed, "≤ --ttl 3s (+ 250ms of polling)")
 	figure(t, sc, "player_attempts", strings.Join(outcomes, " "), "404 once the claim lapsed")
 	figure(t, sc, "first_404_after_kill", got404, "≤ claim lapse + one attempt (2.5s)")
 	switch {

@@ -24,9 +24,6 @@ import (
 	"time"
 )
 
-// raceBuilt: FLVCDN_E2E_RACE=1 builds the product with the race detector.
-var raceBuilt = os.Getenv("FLVCDN_E2E_RACE") == "1"
-
 var (
 	binDir   string // where TestMain builds the flvcdn binaries
 	buildErr error  // why they could not be built, reported by every test that needs them
@@ -52,12 +49,15 @@ func TestMain(m *testing.M) {
 		if testing.Short() {
 			buildErr = errors.New("not built in -short mode")
 		} else {
-			buildErr = harness.BuildBinaries(repoRoot, binDir, raceBuilt)
+			buildErr = harness.BuildBinaries(repoRoot, binDir, raceBuilt())
 		}
 		return m.Run()
 	}()
 	os.Exit(code)
 }
+
+// raceBuilt reports whether the product binaries were built with -race.
+func raceBuilt() bool { return os.Getenv("FLVCDN_E2E_RACE") == "1" }
 
 // needBinaries fails the test when the product could not be built.
 func needBinaries(t testing.TB) {
@@ -309,13 +309,19 @@ func (e *edge) url(stream string) string { return "http://" + e.addr + "/" + str
 func (c *cluster) startOrigin(extra ...string) *origin {
 	c.t.Helper()
 	c.n++
-	o := &origin{id: fmt.Sprintf("origin-%d", c.n), rtmpAddr: hostPort(freePort(c.t)), httpAddr: hostPort(freePort(c.t))}
-	args := append([]string{
-		"--id", o.id, "--nats-url", c.natsURL, "--redis-url", c.redisURL,
-		"--rtmp-addr", o.rtmpAddr, "--http-addr", o.httpAddr, "--log-format", "text",
-	}, extra...)
-	o.proc = start(c.t, o.id, filepath.Join(binDir, "flvcdn-origin"), args...)
-	o.product = true
+	var o *origin
+	for attempt := 1; ; attempt++ {
+		o = &origin{id: fmt.Sprintf("origin-%d", c.n), rtmpAddr: hostPort(freePort(c.t)), httpAddr: hostPort(freePort(c.t))}
+		args := append([]string{
+			"--id", o.id, "--nats-url", c.natsURL, "--redis-url", c.redisURL,
+			"--rtmp-addr", o.rtmpAddr, "--http-addr", o.httpAddr, "--log-format", "text",
+		}, extra...)
+		o.proc = start(c.t, o.id, filepath.Join(binDir, "flvcdn-origin"), args...)
+		o.product = true
+		if attempt == 3 || !lostPort(c.ctx, o.proc, o.httpAddr) {
+			break
+		}
+	}
 	waitReady(c.ctx, c.t, o.proc, o.httpAddr)
 	waitFor(c.ctx, c.t, o.id+" RTMP listener", func() error {
 		if err := o.running(); err != nil {
@@ -334,15 +340,50 @@ func (c *cluster) startOrigin(extra ...string) *origin {
 func (c *cluster) startEdge(extra ...string) *edge {
 	c.t.Helper()
 	c.n++
-	e := &edge{id: fmt.Sprintf("edge-%d", c.n), addr: hostPort(freePort(c.t))}
-	args := append([]string{
-		"--id", e.id, "--nats-url", c.natsURL, "--redis-url", c.redisURL,
-		"--http-addr", e.addr, "--log-format", "text",
-	}, extra...)
-	e.proc = start(c.t, e.id, filepath.Join(binDir, "flvcdn-edge"), args...)
-	e.product = true
+	var e *edge
+	for attempt := 1; ; attempt++ {
+		e = &edge{id: fmt.Sprintf("edge-%d", c.n), addr: hostPort(freePort(c.t))}
+		args := append([]string{
+			"--id", e.id, "--nats-url", c.natsURL, "--redis-url", c.redisURL,
+			"--http-addr", e.addr, "--log-format", "text",
+		}, extra...)
+		e.proc = start(c.t, e.id, filepath.Join(binDir, "flvcdn-edge"), args...)
+		e.product = true
+		if attempt == 3 || !lostPort(c.ctx, e.proc, e.addr) {
+			break
+		}
+	}
 	waitReady(c.ctx, c.t, e.proc, e.addr)
 	return e
+}
+
+// lostPort reports whether p exited at start because another process took one of the
+// ports picked for it (freePort can only say that a port was free a moment ago; other
+// test runs share the machine). Such a process is marked as stopped on purpose, and the
+// caller starts another on new ports.
+func lostPort(ctx context.Context, p *proc, addr string) bool {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	_ = poll(ctx, func() error {
+		select {
+		case <-p.Exited():
+			return nil
+		default:
+		}
+		if code, _, err := httpGet(ctx, "http://"+addr+"/readyz"); err != nil || code != http.StatusOK {
+			return fmt.Errorf("not ready: %d %v", code, err)
+		}
+		return nil
+	})
+	select {
+	case <-p.Exited():
+		if strings.Contains(p.Log.String(), "address already in use") {
+			p.stopping = true
+			return true
+		}
+	default:
+	}
+	return false
 }
 
 // waitReady waits for GET /readyz to answer 200 (and fails fast if the process dies).

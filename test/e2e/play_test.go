@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/flvcdn/flvcdn/pkg/probe"
 )
 
 // viewAll runs one checked viewer per URL at the same time and returns their reports.
@@ -227,4 +230,61 @@ func TestViewerWaitingBeforeGoLive(t *testing.T) {
 	if err != nil {
 		t.Errorf("next viewer: %v", err)
 	}
+}
+
+// Two streams of the same app play through one edge at once: each viewer gets its own
+// stream, never the other's. The streams differ only in picture size (the same tracks,
+// so the header flags cannot tell them apart): every video sequence header a viewer
+// receives must be its own source's, byte for byte.
+func TestStreamsOnOneEdgeStayApart(t *testing.T) {
+	ctx := scenario(t, 90*time.Second, "ffmpeg")
+	big := makeMedia(t, mediaAV) // 320x240
+	small := makeClip(t, "small.flv",
+		"-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-f", "lavfi", "-i", "sine=frequency=880:sample_rate=44100",
+		"-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-g", "25",
+		"-c:a", "aac", "-b:a", "64k", "-ar", "44100", "-t", "10")
+	c := newCluster(ctx, t)
+	o := c.startOrigin()
+	e := c.startEdge()
+	streams := map[string]string{"live/big": big, "live/small": small}
+	for name, file := range streams {
+		goLive(ctx, t, publish(t, "ffmpeg-"+name, file, o.rtmpURL(name, "")), name, e)
+	}
+	cr := newCrowd(t)
+	var mu sync.Mutex
+	foreign := map[string]int{}
+	var all []*crowdViewer
+	for name, file := range streams {
+		var own []byte
+		for _, tag := range readTags(t, file) {
+			if probe.Classify(tag.Type, tag.Body).Kind == probe.KindVideoHeader {
+				own = tag.Body
+				break
+			}
+		}
+		if own == nil {
+			t.Fatalf("%s: no video sequence header", file)
+		}
+		vs := cr.add(ctx, e.url(name), 3, viewerOpts{check: true, wantAudio: true, wantVideo: true, onTag: func(tag probe.Tag) {
+			if tag.Kind == probe.KindVideoHeader && !bytes.Equal(tag.Body, own) {
+				mu.Lock()
+				foreign[name]++
+				mu.Unlock()
+			}
+		}})
+		all = append(all, vs...)
+	}
+	waitGrown(within(ctx, t, 20*time.Second), t, "every viewer to read 96 KB", all, make([]int64, len(all)), 96<<10)
+	kept := checkViewers(t, "two streams", all)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, v := range all {
+		if r, _ := v.report(); r.VideoHeaders == 0 {
+			t.Errorf("viewer %d (%s): no video sequence header: %s", v.idx, v.url, r)
+		}
+	}
+	for name, n := range foreign {
+		t.Errorf("viewers of %s got %d video sequence headers of another stream", name, n)
+	}
+	t.Logf("%d/%d viewers kept, foreign headers %v", kept, len(all), foreign)
 }

@@ -158,6 +158,11 @@ func TestGracePeriodPublisherReconnect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The reconnected encoder is a new session: the viewer must get its sequence headers
+	// (the checker then requires a keyframe before any inter frame of it).
+	if r.VideoHeaders < 2 || r.AudioHeaders < 2 {
+		t.Errorf("sequence headers v%d/a%d, want the reconnected session's too (≥ 2 each)", r.VideoHeaders, r.AudioHeaders)
+	}
 }
 
 // The publisher goes away for good: once the grace period is over, the viewer's response
