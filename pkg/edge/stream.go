@@ -110,6 +110,7 @@ type Stream struct {
 	graceAt    time.Time // zero while the publisher is live
 	retryAt    time.Time // next snapshot attempt after a failure
 	timeline   flv.Timeline
+	mediaOut   bool // a media tag has been put on the timeline
 }
 
 // waiter is a viewer waiting for the stream to have a start point.
@@ -322,7 +323,7 @@ func (s *Stream) onSnapshot(a snapAnswer) {
 	if r.newSession {
 		s.timeline.Splice()
 		if len(r.gop) > 0 {
-			s.timeline.Begin(r.gop[0].Tag.Timestamp()) // the first headers take the first media's time
+			s.timeline.Begin(r.gop[0].Tag.Timestamp()) // the first sequence headers take the first media's time
 		}
 		// Track flags come from the origin (metadata and tags it saw); tags seen
 		// here can only add to them.
@@ -386,10 +387,17 @@ func (s *Stream) push(t flv.Tag) {
 	case flv.TypeAudio:
 		s.hasAudio = true
 	}
-	if header {
+	switch {
+	case kind == flv.KindMetadata && !s.mediaOut:
+		// The first onMetaData is at zero: ffmpeg's demuxer takes a script tag that
+		// starts a file with a later timestamp for a data stream of its own. At a
+		// splice it takes the current time, so viewers' timestamps never go back.
+		t.SetTimestamp(0)
+	case header:
 		t.SetTimestamp(s.timeline.Now())
-	} else {
+	default:
 		t.SetTimestamp(s.timeline.Map(t.Timestamp()))
+		s.mediaOut = true
 	}
 	// Viewers may start at a keyframe; on an audio-only stream at any audio frame.
 	key := kind == flv.KindKeyframe || (!s.hasVideo && t.Type() == flv.TypeAudio && !header)

@@ -15,8 +15,8 @@ package flv
 //     is a discontinuity, bridged by Gap. 32-bit wrap-around is unwrapped.
 //   - After Splice (a new session), the next media tag continues at the last
 //     output plus Gap, and the new session's steps follow from there.
-//   - Headers (metadata, sequence headers) take the last output (Now) and move
-//     nothing.
+//   - Headers take the last output (Now) and move nothing (the edge puts the
+//     first onMetaData, before any media, at zero).
 //
 // The zero Timeline is ready to use.
 type Timeline struct {
