@@ -11,6 +11,7 @@ import (
 
 	"github.com/flvcdn/flvcdn/pkg/bus"
 	"github.com/flvcdn/flvcdn/pkg/flv"
+	"github.com/flvcdn/flvcdn/pkg/hook"
 	"github.com/flvcdn/flvcdn/pkg/registry"
 	"github.com/flvcdn/flvcdn/pkg/stream"
 )
@@ -48,6 +49,9 @@ type Stream struct {
 	released  chan struct{}  // closed when Close has released the claim
 	tagsIn    atomic.Uint64  // tags ingested, written by the actor
 	bytesIn   atomic.Uint64  // body bytes ingested, written by the actor
+	since     time.Time      // when the session started
+	hook      *hook.Client   // told of the unpublish (nil: no callback)
+	hookEv    hook.Event     // the publish event the callback allowed
 
 	// ---- actor state ----
 	cache cache
@@ -69,7 +73,8 @@ func newStream(o *Origin, name stream.Name, out *bus.Outlet) *Stream {
 		closeReq: make(chan struct{}), done: make(chan struct{}),
 		kicked: make(chan struct{}), released: make(chan struct{}),
 		cache: cache{maxBytes: o.cfg.GOPMaxBytes, maxFrames: o.cfg.GOPMaxFrames}}
-	s.lastWrite.Store(time.Now().UnixNano())
+	s.since = time.Now()
+	s.lastWrite.Store(s.since.UnixNano())
 	return s
 }
 
