@@ -207,9 +207,10 @@ func (c *Client) Call(ctx context.Context, ev Event) (d Decision, err error) {
 		}
 	}()
 	ev.Node = c.node(ev.Node)
+	start := time.Now()
 	d, kind, err := c.post(ctx, ev)
 	log := c.log.With("action", ev.Action, "stream", ev.App+"/"+ev.Stream, "session", ev.Session,
-		"client_ip", ev.ClientIP)
+		"client_ip", ev.ClientIP, "took", time.Since(start))
 	switch {
 	case ctx.Err() != nil:
 		return Decision{Reason: "request cancelled"}, ctx.Err()

@@ -96,18 +96,25 @@ func decodeArgs(msg *rtmpmsg.CommandMessage) ([]interface{}, error) {
 // with the ingest's reason; any other as NetStream.Publish.Failed. The ingest is told
 // the client's address and the raw query (the stream name's, else the app's).
 func TestRefusalCodesAndRequest(t *testing.T) {
-	ing := &refusingIngest{err: Unauthorized(errors.New("publish denied: banned until Monday"))}
+	// A reason long enough that our onStatus spans several 128-byte chunks: it must
+	// still arrive complete before go-rtmp's own one-chunk "Publish failed." status.
+	reason := "publish denied: banned until Monday" + strings.Repeat(".", 300)
+	ing := &refusingIngest{err: Unauthorized(errors.New(reason))}
 	addr := startServer(t, ing)
-	code, desc := publishStatus(t, addr, "live", "cam1?key=k1&token=t%201")
-	if code != "NetStream.Publish.Unauthorized" || desc != "live/cam1: publish denied: banned until Monday" {
-		t.Fatalf("status %q %q", code, desc)
+	for range 20 {
+		code, desc := publishStatus(t, addr, "live", "cam1?key=k1&token=t%201")
+		if code != "NetStream.Publish.Unauthorized" || desc != "live/cam1: "+reason {
+			t.Fatalf("status %q %q", code, desc)
+		}
 	}
-	code, _ = publishStatus(t, addr, "live?key=k2&tenant=7", "cam2")
+	code, _ := publishStatus(t, addr, "live?key=k2&tenant=7", "cam2")
 	if code != "NetStream.Publish.Unauthorized" {
 		t.Fatalf("status %q", code)
 	}
+	first := PublishRequest{Name: "live/cam1", Key: "k1", ClientIP: "127.0.0.1", Query: "key=k1&token=t%201"}
 	want := []PublishRequest{
-		{Name: "live/cam1", Key: "k1", ClientIP: "127.0.0.1", Query: "key=k1&token=t%201"},
+		first, first, first, first, first, first, first, first, first, first,
+		first, first, first, first, first, first, first, first, first, first,
 		{Name: "live/cam2", Key: "k2", ClientIP: "127.0.0.1", Query: "key=k2&tenant=7"},
 	}
 	ing.mu.Lock()
@@ -118,7 +125,7 @@ func TestRefusalCodesAndRequest(t *testing.T) {
 	}
 
 	other := &refusingIngest{err: errors.New("origin is draining")}
-	code, desc = publishStatus(t, startServer(t, other), "live", "cam3")
+	code, desc := publishStatus(t, startServer(t, other), "live", "cam3")
 	if code != "NetStream.Publish.Failed" || !strings.Contains(desc, "draining") {
 		t.Fatalf("status %q %q", code, desc)
 	}

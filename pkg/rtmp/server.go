@@ -292,7 +292,11 @@ func (h *handler) OnClose() {
 }
 
 // status sends an onStatus error with a description the publisher can read;
-// go-rtmp follows it with its generic NetStream.Publish.Failed.
+// go-rtmp follows it with its generic NetStream.Publish.Failed. Ours goes on the chunk
+// stream of the publish command, where go-rtmp answers too: go-rtmp writes one message
+// per chunk stream at a time, so ours arrives complete first even when it spans
+// several chunks (on another chunk stream go-rtmp's one-chunk status could overtake
+// it, and ffmpeg prints the first error status it gets).
 func (h *handler) status(sc *gortmp.StreamContext, code rtmpmsg.NetStreamOnStatusCode, desc string) {
 	if h.rtmpConn == nil || sc == nil {
 		return
@@ -306,7 +310,11 @@ func (h *handler) status(sc *gortmp.StreamContext, code rtmpmsg.NetStreamOnStatu
 	}
 	ctx, cancel := context.WithTimeout(h.ctx, time.Second)
 	defer cancel()
-	_ = h.rtmpConn.Write(ctx, 5, 0, &gortmp.ChunkMessage{StreamID: sc.StreamID, Message: &rtmpmsg.CommandMessage{
+	csid := int(h.norm.commandCSID())
+	if csid < 3 {
+		csid = 5
+	}
+	_ = h.rtmpConn.Write(ctx, csid, 0, &gortmp.ChunkMessage{StreamID: sc.StreamID, Message: &rtmpmsg.CommandMessage{
 		CommandName: "onStatus", Encoding: rtmpmsg.EncodingTypeAMF0, Body: &buf}})
 }
 
