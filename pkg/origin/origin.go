@@ -290,9 +290,7 @@ func (o *Origin) release(ctx context.Context, s *Stream) {
 	o.event(ctx, registry.EventUnpublish, s)
 	streamsGauge.Dec()
 	st := s.Stats()
-	if s.hook != nil {
-		s.hook.Notify(s.hookEv.Ended(hook.Unpublish, time.Since(s.since), st.Bytes))
-	}
+	s.reportEnd()
 	o.log.Info("publish ended", "stream", s.name, "session", s.out.Session().String(), "tags", st.Tags)
 }
 

@@ -52,6 +52,7 @@ type Stream struct {
 	since     time.Time      // when the session started
 	hook      *hook.Client   // told of the unpublish (nil: no callback)
 	hookEv    hook.Event     // the publish event the callback allowed
+	endOnce   sync.Once      // the unpublish callback is told once
 
 	// ---- actor state ----
 	cache cache
@@ -157,6 +158,7 @@ func (s *Stream) run(ctx context.Context) {
 			return
 		case <-ctx.Done():
 			s.finish()
+			s.reportEnd() // the origin is shutting down: its publishers may never Close
 			return
 		}
 	}
@@ -229,6 +231,15 @@ func (s *Stream) Close(ctx context.Context) {
 		close(s.released)
 	})
 	<-s.released
+}
+
+// reportEnd tells the unpublish callback (if any), once, that the session ended.
+func (s *Stream) reportEnd() {
+	if s.hook != nil {
+		s.endOnce.Do(func() {
+			s.hook.Notify(s.hookEv.Ended(hook.Unpublish, time.Since(s.since), s.Stats().Bytes))
+		})
+	}
 }
 
 // Stats returns the session's figures so far.

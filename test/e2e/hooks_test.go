@@ -310,3 +310,31 @@ func TestHookPlayLatency(t *testing.T) {
 	t.Logf("time to response headers, %d plays each: without hook p50 %v p99 %v; with hook p50 %v p99 %v",
 		plays, pct(noHook, .5), pct(noHook, .99), pct(withHook, .5), pct(withHook, .99))
 }
+
+// An origin and an edge that shut down (SIGTERM) still tell the platform that their
+// sessions ended.
+func TestHookEndsReportedAtShutdown(t *testing.T) {
+	ctx := scenario(t, 90*time.Second, "ffmpeg")
+	media := makeMedia(t, mediaAV)
+	pf := startPlatform(t, "s")
+	c := newCluster(ctx, t)
+	o := c.startOrigin("--hook-url", pf.url("/hook"), "--hook-secret", "s", "--drain-grace", "1s")
+	e := c.startEdge("--hook-url", pf.url("/hook"), "--hook-secret", "s", "--drain-grace", "1s")
+	pub := publish(t, "ffmpeg", media, o.rtmpURL("live/down", "")+"?token=good")
+	pub.waitSent(ctx, t, time.Second)
+	v, err := StartViewer(ctx, e.url("live/down")+"?ticket=ok", ViewOptions{WantAudio: true, WantVideo: true, MaxStall: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Stop()
+	if err := v.WaitTags(within(ctx, t, 15*time.Second), "50 video tags", func(v *Viewer) bool { return v.VideoTags() >= 50 }); err != nil {
+		t.Fatal(err)
+	}
+	e.stop()
+	stop := pf.await(ctx, t, "the stop from the edge that shut down", func(ev hookEvent) bool { return ev.Action == "stop" })
+	o.stop()
+	un := pf.await(ctx, t, "the unpublish from the origin that shut down", func(ev hookEvent) bool { return ev.Action == "unpublish" })
+	if stop.Bytes == nil || *stop.Bytes == 0 || un.Bytes == nil || *un.Bytes == 0 {
+		t.Errorf("stop %+v, unpublish %+v: want bytes", stop, un)
+	}
+}
