@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/flvcdn/flvcdn/pkg/bus"
+	"github.com/flvcdn/flvcdn/pkg/cluster"
 	"github.com/flvcdn/flvcdn/pkg/conf"
 	"github.com/flvcdn/flvcdn/pkg/edge"
 	"github.com/flvcdn/flvcdn/pkg/health"
@@ -139,6 +140,9 @@ func run(c *Config, log *slog.Logger) error {
 			return nil
 		},
 	})
+	cl := bus.NewCluster(nc)
+	view := cluster.NewView()
+	(&cluster.API{View: view, Kick: cl.Kick, Token: c.APIToken, Log: log}).Register(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasSuffix(r.URL.Path, ".flv") {
 			flv.ServeHTTP(w, r)
@@ -157,6 +161,10 @@ func run(c *Config, log *slog.Logger) error {
 		IdleTimeout:       time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+	reports := make(chan error, 1)
+	go func() {
+		reports <- cluster.Run(ctx, cl, view, cluster.EdgeReport(c.ID, hub, flv.BytesOut, draining.Load), log)
+	}()
 	errc := make(chan error, 1)
 	go func() {
 		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -189,5 +197,8 @@ func run(c *Config, log *slog.Logger) error {
 	cancel()
 	hub.Wait()
 	flv.Wait() // viewers got their last bytes (and a clean end of stream)
+	if rerr := <-reports; err == nil {
+		err = rerr
+	}
 	return err
 }

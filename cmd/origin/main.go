@@ -17,12 +17,14 @@ import (
 	"time"
 
 	"github.com/flvcdn/flvcdn/pkg/bus"
+	"github.com/flvcdn/flvcdn/pkg/cluster"
 	"github.com/flvcdn/flvcdn/pkg/conf"
 	"github.com/flvcdn/flvcdn/pkg/health"
 	"github.com/flvcdn/flvcdn/pkg/k8s"
 	"github.com/flvcdn/flvcdn/pkg/origin"
 	"github.com/flvcdn/flvcdn/pkg/registry"
 	"github.com/flvcdn/flvcdn/pkg/rtmp"
+	"github.com/flvcdn/flvcdn/pkg/stream"
 )
 
 // Config is every setting of the origin; each flag is also FLVCDN_<NAME>.
@@ -178,6 +180,17 @@ func run(c *Config, log *slog.Logger) error {
 			return nil
 		},
 	})
+	cl := bus.NewCluster(nc)
+	view := cluster.NewView()
+	(&cluster.API{View: view, Kick: cl.Kick, Token: c.APIToken, Log: log}).Register(mux)
+	stopKicks, err := cl.HandleKicks(func(name string) bool {
+		n, err := stream.ParseName(name)
+		return err == nil && o.Kick(n)
+	})
+	if err != nil {
+		return err
+	}
+	defer stopKicks()
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
 
 	var wg sync.WaitGroup
@@ -192,6 +205,7 @@ func run(c *Config, log *slog.Logger) error {
 		}()
 	}
 	goRun(func() error { return o.Run(ctx) })
+	goRun(func() error { return cluster.Run(ctx, cl, view, cluster.OriginReport(c.ID, o), log) })
 	srv := &rtmp.Server{Ingest: ingest{o}, Log: log, ReadTimeout: c.ReadTimeout, HandshakeTimeout: c.Handshake}
 	goRun(func() error { return srv.Serve(ctx, rtmpLn) })
 	goRun(func() error {

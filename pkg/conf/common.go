@@ -20,6 +20,7 @@ type Common struct {
 	ID        string
 	LogFormat string
 	LogLevel  string
+	APIToken  string
 }
 
 // Register adds the shared flags to fs; role names the binary in help texts.
@@ -34,6 +35,7 @@ func (c *Common) Register(fs *flag.FlagSet, role string) {
 	fs.StringVar(&c.ID, "id", DefaultID(), role+" id (default: POD_NAME, else hostname)")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&c.APIToken, "api-token", "", "when set, every /api/ call needs 'Authorization: Bearer <token>'; DELETE works only with a token set")
 }
 
 // Settings returns the shared settings; binaries' Config structs embed Common, so

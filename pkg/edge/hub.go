@@ -225,6 +225,23 @@ func (h *Hub) Streams() int {
 	return len(h.streams)
 }
 
+// StreamStats is one pulled stream as a report sees it.
+type StreamStats struct {
+	Name    stream.Name
+	Viewers int
+}
+
+// Stats lists the streams being pulled and their viewers.
+func (h *Hub) Stats() []StreamStats {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]StreamStats, 0, len(h.streams))
+	for n, s := range h.streams {
+		out = append(out, StreamStats{Name: n, Viewers: int(s.shown.Load())})
+	}
+	return out
+}
+
 // Wait blocks until every stream actor has stopped (after the hub's context ends).
 func (h *Hub) Wait() { h.wg.Wait() }
 

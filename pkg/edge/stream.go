@@ -78,6 +78,7 @@ type Stream struct {
 	lastKey atomic.Uint64 // ring index + 1 of the newest keyframe; 0 = none
 	ended   atomic.Bool   // no more tags will come
 	done    chan struct{} // closed when the actor stops
+	shown   atomic.Int64  // viewers, as the actor last counted them (for reports)
 
 	joins   chan joinReq
 	cancels chan cancelReq
@@ -171,6 +172,7 @@ func (s *Stream) run(ctx context.Context) {
 			close(r.done)
 		case <-s.leaves:
 			s.viewers--
+			s.shown.Store(int64(s.viewers))
 		case e := <-s.events:
 			s.onOwnerEvent(e.ev)
 		case now := <-tick.C:
@@ -319,6 +321,9 @@ func (s *Stream) onSnapshot(a snapAnswer) {
 	r := s.joiner.onSnapshot(a.s)
 	if r.newSession {
 		s.timeline.Splice()
+		if len(r.gop) > 0 {
+			s.timeline.Begin(r.gop[0].Tag.Timestamp()) // the first headers take the first media's time
+		}
 		// Track flags come from the origin (metadata and tags it saw); tags seen
 		// here can only add to them.
 		s.hasAudio = a.s.Flags&bus.FlagHasAudio != 0
@@ -553,6 +558,7 @@ func (s *Stream) dropWaiter(res chan viewerResult) {
 // newViewer runs on the actor.
 func (s *Stream) newViewer() *Viewer {
 	s.viewers++
+	s.shown.Store(int64(s.viewers))
 	viewersGauge.Inc()
 	return newViewer(s, s.join.Load())
 }

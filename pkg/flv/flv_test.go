@@ -210,6 +210,15 @@ func TestTimeline(t *testing.T) {
 			t.Errorf("%s: %v -> %v, want %v", c.name, c.in, got, c.want)
 		}
 	}
+	var begun Timeline
+	begun.Begin(16000)
+	if begun.Now() != 16000 || begun.Map(16000) != 16000 || begun.Map(16040) != 16040 {
+		t.Fatalf("Begin(16000): headers at %d, then media %d", begun.Now(), begun.Now())
+	}
+	begun.Begin(99) // started: no effect
+	if begun.Now() != 16040 {
+		t.Fatalf("Begin after the start moved the timeline to %d", begun.Now())
+	}
 	var tl Timeline
 	if tl.Now() != 0 {
 		t.Fatalf("Now before any tag: %d", tl.Now())

@@ -38,6 +38,15 @@ const (
 	Gap = 40
 )
 
+// Begin starts a timeline that has seen no tag at raw, the timestamp of the media
+// tag that will come first, so that headers sent before it take its time rather
+// than zero. Once started it does nothing.
+func (t *Timeline) Begin(raw uint32) {
+	if !t.started {
+		t.Map(raw)
+	}
+}
+
 // Splice marks a change of publishing session: the next Map starts a new base.
 func (t *Timeline) Splice() { t.splice = t.started }
 

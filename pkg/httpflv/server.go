@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,7 +57,11 @@ type Server struct {
 	Hook *hook.Client
 
 	writers sync.WaitGroup
+	written atomic.Uint64 // bytes written to viewers, for BytesOut
 }
+
+// BytesOut returns the FLV bytes this server has written to viewers.
+func (s *Server) BytesOut() uint64 { return s.written.Load() }
 
 var (
 	bytesOut = promauto.NewCounter(prometheus.CounterOpts{
@@ -278,6 +283,7 @@ func (s *Server) serveConn(ctx context.Context, conn *viewerConn, hdr http.Heade
 			}
 			bytesOut.Add(float64(n))
 			written += int64(n)
+			s.written.Add(uint64(n))
 		}
 		if err != nil {
 			s.finish(conn, name, err)
@@ -358,6 +364,7 @@ func (s *Server) serveFlushed(r *http.Request, w http.ResponseWriter, v *edge.Vi
 			}
 			bytesOut.Add(float64(len(b)))
 			written += int64(len(b))
+			s.written.Add(uint64(len(b)))
 		}
 		if ferr := rc.Flush(); ferr != nil {
 			return written

@@ -324,6 +324,36 @@ func (o *Origin) Streams() int {
 	return len(o.streams)
 }
 
+// Sessions returns the figures of every started session.
+func (o *Origin) Sessions() []Stats {
+	o.mu.Lock()
+	list := make([]*Stream, 0, len(o.streams))
+	for _, e := range o.streams {
+		if e.started {
+			list = append(list, e.s)
+		}
+	}
+	o.mu.Unlock()
+	out := make([]Stats, len(list))
+	for i, s := range list {
+		out[i] = s.Stats()
+	}
+	return out
+}
+
+// Kick disconnects the publisher of name if it publishes here; it reports whether it did.
+func (o *Origin) Kick(name stream.Name) bool {
+	o.mu.Lock()
+	e := o.streams[name]
+	o.mu.Unlock()
+	if e == nil || e.s == nil || !e.started {
+		return false
+	}
+	o.log.Info("publisher kicked by an operator", "stream", name)
+	e.s.Kick()
+	return true
+}
+
 // Wait returns once every session actor has exited (after the origin's context ended).
 func (o *Origin) Wait() { o.wg.Wait() }
 

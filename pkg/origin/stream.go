@@ -38,21 +38,22 @@ type Stream struct {
 	out   *bus.Outlet
 	owner registry.Owner
 
-	tags      chan bus.Frame // ingest -> actor, in publish order
-	closeReq  chan struct{}  // Close -> actor
-	done      chan struct{}  // closed when the actor has exited
-	kicked    chan struct{}  // closed when the origin wants the publisher gone
-	kickOnce  sync.Once      //
-	lastWrite atomic.Int64   // unix nanos of the last tag from the publisher
-	pending   []bus.Frame    // ingest goroutine only: Alloc'ed frames not yet written
-	closeOnce sync.Once      //
-	released  chan struct{}  // closed when Close has released the claim
-	tagsIn    atomic.Uint64  // tags ingested, written by the actor
-	bytesIn   atomic.Uint64  // body bytes ingested, written by the actor
-	since     time.Time      // when the session started
-	hook      *hook.Client   // told of the unpublish (nil: no callback)
-	hookEv    hook.Event     // the publish event the callback allowed
-	endOnce   sync.Once      // the unpublish callback is told once
+	tags      chan bus.Frame                // ingest -> actor, in publish order
+	closeReq  chan struct{}                 // Close -> actor
+	done      chan struct{}                 // closed when the actor has exited
+	kicked    chan struct{}                 // closed when the origin wants the publisher gone
+	kickOnce  sync.Once                     //
+	lastWrite atomic.Int64                  // unix nanos of the last tag from the publisher
+	pending   []bus.Frame                   // ingest goroutine only: Alloc'ed frames not yet written
+	closeOnce sync.Once                     //
+	released  chan struct{}                 // closed when Close has released the claim
+	tagsIn    atomic.Uint64                 // tags ingested, written by the actor
+	bytesIn   atomic.Uint64                 // body bytes ingested, written by the actor
+	media     atomic.Pointer[flv.MediaInfo] // what the tracks are, written by the actor
+	started   time.Time                     // when the session started
+	hook      *hook.Client                  // told of the unpublish (nil: no callback)
+	hookEv    hook.Event                    // the publish event the callback allowed
+	endOnce   sync.Once                     // the unpublish callback is told once
 
 	// ---- actor state ----
 	cache cache
@@ -60,8 +61,12 @@ type Stream struct {
 
 // Stats are a session's figures, updated by its actor.
 type Stats struct {
-	Tags  uint64
-	Bytes uint64
+	Name    stream.Name
+	Session string // the registry owner's session id
+	Started time.Time
+	Tags    uint64
+	Bytes   uint64 // tag body bytes ingested
+	Media   flv.MediaInfo
 }
 
 // tagQueue is how many tags ingest may run ahead of the actor.
@@ -74,8 +79,9 @@ func newStream(o *Origin, name stream.Name, out *bus.Outlet) *Stream {
 		closeReq: make(chan struct{}), done: make(chan struct{}),
 		kicked: make(chan struct{}), released: make(chan struct{}),
 		cache: cache{maxBytes: o.cfg.GOPMaxBytes, maxFrames: o.cfg.GOPMaxFrames}}
-	s.since = time.Now()
-	s.lastWrite.Store(s.since.UnixNano())
+	s.lastWrite.Store(time.Now().UnixNano())
+	s.started = time.Now()
+	s.media.Store(&flv.MediaInfo{})
 	return s
 }
 
@@ -176,6 +182,11 @@ func (s *Stream) ingest(f bus.Frame) {
 	if s.cache.add(kind, f) {
 		gopOverflows.Inc()
 	}
+	if kind == flv.KindMetadata || kind == flv.KindVideoHeader || kind == flv.KindAudioHeader {
+		m := s.media.Load().Clone()
+		m.Observe(f.Tag)
+		s.media.Store(&m)
+	}
 	s.tagsIn.Add(1)
 	s.bytesIn.Add(uint64(f.Tag.DataSize()))
 	tagsIn.Inc()
@@ -237,13 +248,19 @@ func (s *Stream) Close(ctx context.Context) {
 func (s *Stream) reportEnd() {
 	if s.hook != nil {
 		s.endOnce.Do(func() {
-			s.hook.Notify(s.hookEv.Ended(hook.Unpublish, time.Since(s.since), s.Stats().Bytes))
+			s.hook.Notify(s.hookEv.Ended(hook.Unpublish, time.Since(s.started), s.Stats().Bytes))
 		})
 	}
 }
 
 // Stats returns the session's figures so far.
-func (s *Stream) Stats() Stats { return Stats{Tags: s.tagsIn.Load(), Bytes: s.bytesIn.Load()} }
+func (s *Stream) Stats() Stats {
+	return Stats{Name: s.name, Session: s.owner.Session, Started: s.started,
+		Tags: s.tagsIn.Load(), Bytes: s.bytesIn.Load(), Media: *s.media.Load()}
+}
+
+// Kick disconnects the publisher (an operator's request through the cluster API).
+func (s *Stream) Kick() { s.kick() }
 
 // cache is a session's join state: metadata, sequence headers and the GOP from
 // the newest keyframe. Frames are the published ones, shared, never copied.

@@ -1,6 +1,7 @@
-// Package web owns the edge's demo page: a small HTML player for /{app}/{stream}.flv and
-// the mpegts.js library it runs on, both embedded in the binary so that an edge needs no
-// files on disk to show a stream in a browser.
+// Package web owns the edge's pages: a small HTML player for /{app}/{stream}.flv at /,
+// the operators' console at /console (live streams and nodes across the cluster, from
+// the cluster API, with a player), and the mpegts.js library both run on, all embedded
+// in the binary so that an edge needs no files on disk to show a stream in a browser.
 //
 // The page takes the stream from ?stream=app/name (default live/demo), plays it muted
 // with mpegts.js, retries when the stream ends or fails, and exposes window.flvcdnStats()
@@ -11,7 +12,7 @@
 // assets/LICENSE.mpegts.txt and the notice of the code it bundles is
 // assets/mpegts.js.LICENSE.txt. Everything else here is flvcdn's own.
 //
-// This package serves only its own two documents; it never touches streams.
+// This package serves only its own documents; it never touches streams.
 package web
 
 import (
@@ -23,7 +24,7 @@ import (
 	"time"
 )
 
-//go:embed assets/index.html assets/mpegts.js
+//go:embed assets/index.html assets/console.html assets/mpegts.js
 var assets embed.FS
 
 // asset is one embedded document with the headers it is served with.
@@ -43,11 +44,12 @@ func load(name, contentType string) asset {
 }
 
 var (
-	indexPage = load("assets/index.html", "text/html; charset=utf-8")
-	mpegtsJS  = load("assets/mpegts.js", "text/javascript; charset=utf-8")
+	indexPage   = load("assets/index.html", "text/html; charset=utf-8")
+	consolePage = load("assets/console.html", "text/html; charset=utf-8")
+	mpegtsJS    = load("assets/mpegts.js", "text/javascript; charset=utf-8")
 )
 
-// Handler serves GET and HEAD for "/" (the player page) and "/mpegts.js". Any other path
+// Handler serves GET and HEAD for "/" (the player page), "/console" and "/mpegts.js". Any other path
 // is 404 and any other method 405, so it can be mounted as the fallback of a mux that
 // routes the stream URLs elsewhere.
 func Handler() http.Handler {
@@ -59,6 +61,8 @@ func serve(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/", "/index.html":
 		a = &indexPage
+	case "/console", "/console/":
+		a = &consolePage
 	case "/mpegts.js":
 		a = &mpegtsJS
 	default:

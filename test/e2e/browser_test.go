@@ -33,20 +33,13 @@ type playerStats struct {
 	Error         string  `json:"error"`
 }
 
-// A viewer opens the edge's demo page in a browser: mpegts.js plays the stream, the
-// video clock advances and frames are decoded, without errors.
-func TestBrowserPlaysWithMpegtsJS(t *testing.T) {
-	ctx := scenario(t, 120*time.Second, "ffmpeg")
-	browser := chromium(t)
-	media := makeMedia(t, mediaAV)
-	c := newCluster(ctx, t)
-	o := c.startOrigin()
-	e := c.startEdge()
-	goLive(ctx, t, publish(t, "ffmpeg-publisher", media, o.rtmpURL("live/e2e", "")), "live/e2e", e)
-
+// newBrowser starts headless Chromium for the test, stopped when ctx ends or the test
+// does; on failure the test log gets the page's console and Chromium's output.
+func newBrowser(ctx context.Context, t *testing.T) context.Context {
+	t.Helper()
 	browserLog := &harness.Tail{Max: 1 << 20}
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(browser),
+		chromedp.ExecPath(chromium(t)),
 		chromedp.Headless,
 		chromedp.NoSandbox,
 		chromedp.DisableGPU,
@@ -63,11 +56,11 @@ func TestBrowserPlaysWithMpegtsJS(t *testing.T) {
 	// The browser lives as long as allocCtx; it must not carry a timeout (see chromedp.Run),
 	// so the scenario's deadline cancels it instead.
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
+	t.Cleanup(cancelAlloc)
 	stopAfter := context.AfterFunc(ctx, cancelAlloc)
-	defer stopAfter()
+	t.Cleanup(func() { stopAfter() })
 	bctx, cancelBrowser := chromedp.NewContext(allocCtx)
-	defer cancelBrowser()
+	t.Cleanup(cancelBrowser)
 
 	console := &harness.Tail{Max: 1 << 20}
 	messages := chromedp.Console(bctx)
@@ -80,12 +73,26 @@ func TestBrowserPlaysWithMpegtsJS(t *testing.T) {
 			fmt.Fprintf(console, "%s %s:%d: %s\n", m.Type, m.URL, m.Line, m.Text)
 		}
 	}()
-	defer func() {
+	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("----- browser console -----\n%s", console)
 			t.Logf("----- chromium output -----\n%s", browserLog)
 		}
-	}()
+	})
+	return bctx
+}
+
+// A viewer opens the edge's demo page in a browser: mpegts.js plays the stream, the
+// video clock advances and frames are decoded, without errors.
+func TestBrowserPlaysWithMpegtsJS(t *testing.T) {
+	ctx := scenario(t, 120*time.Second, "ffmpeg")
+	media := makeMedia(t, mediaAV)
+	c := newCluster(ctx, t)
+	o := c.startOrigin()
+	e := c.startEdge()
+	goLive(ctx, t, publish(t, "ffmpeg-publisher", media, o.rtmpURL("live/e2e", "")), "live/e2e", e)
+
+	bctx := newBrowser(ctx, t)
 
 	page := "http://" + e.addr + "/?stream=live/e2e"
 	if err := chromedp.Do(bctx, chromedp.Navigate(page)); err != nil {

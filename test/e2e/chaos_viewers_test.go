@@ -143,9 +143,16 @@ func TestChaosSlowViewersSkipThenDropOthersUnaffected(t *testing.T) {
 	figure(t, sc, "slow_drops_reason_slow", m[slowDrops]-m0[slowDrops], fmt.Sprintf("%d", len(slow)))
 	figure(t, sc, "slow_drops_reason_write_timeout", m[timeoutDrops]-m0[timeoutDrops], "0 (they do read, at 10%)")
 	figure(t, sc, "slow_all_dropped_after", droppedAfter, "≤ 90s")
+	// The race detector's shadow memory multiplies RSS (5-10x, says the Go
+	// documentation), so the memory bound is only asserted on plain builds; make test
+	// runs this scenario once more without -race for that.
+	rssTarget := "≤ before + 64MiB"
+	if raceBuilt {
+		rssTarget = "not asserted: race-built edge (make test asserts it on a plain build)"
+	}
 	figure(t, sc, "edge_rss_before", mib(float64(rssBefore)), "")
-	figure(t, sc, "edge_rss_peak", mib(float64(rssPeak)), "≤ before + 64MiB")
-	figure(t, sc, "edge_rss_after", mib(float64(rssAfter)), "≤ before + 64MiB")
+	figure(t, sc, "edge_rss_peak", mib(float64(rssPeak)), rssTarget)
+	figure(t, sc, "edge_rss_after", mib(float64(rssAfter)), rssTarget)
 
 	if limit := p99Without*3/2 + 50*time.Millisecond; p99With > limit {
 		t.Errorf("normal viewers' p99 inter-arrival gap went from %v to %v with slow viewers beside them, want ≤ %v", p99Without, p99With, limit)
@@ -160,10 +167,10 @@ func TestChaosSlowViewersSkipThenDropOthersUnaffected(t *testing.T) {
 	if d := m[timeoutDrops] - m0[timeoutDrops]; d != 0 {
 		t.Errorf("%v slow viewers dropped by the write timeout, want 0: they keep reading, so the lag policy must drop them", d)
 	}
-	if rssPeak > rssBefore+64<<20 {
+	if !raceBuilt && rssPeak > rssBefore+64<<20 {
 		t.Errorf("edge RSS grew from %s to %s with 10 slow viewers", mib(float64(rssBefore)), mib(float64(rssPeak)))
 	}
-	if rssAfter == 0 || rssAfter > rssBefore+64<<20 {
+	if rssAfter == 0 || !raceBuilt && rssAfter > rssBefore+64<<20 {
 		t.Errorf("edge RSS %s after the slow viewers were dropped, want ≤ %s (before + 64MiB)", mib(float64(rssAfter)), mib(float64(rssBefore+64<<20)))
 	}
 }

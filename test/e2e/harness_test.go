@@ -24,6 +24,9 @@ import (
 	"time"
 )
 
+// raceBuilt: FLVCDN_E2E_RACE=1 builds the product with the race detector.
+var raceBuilt = os.Getenv("FLVCDN_E2E_RACE") == "1"
+
 var (
 	binDir   string // where TestMain builds the flvcdn binaries
 	buildErr error  // why they could not be built, reported by every test that needs them
@@ -49,7 +52,7 @@ func TestMain(m *testing.M) {
 		if testing.Short() {
 			buildErr = errors.New("not built in -short mode")
 		} else {
-			buildErr = harness.BuildBinaries(repoRoot, binDir, os.Getenv("FLVCDN_E2E_RACE") == "1")
+			buildErr = harness.BuildBinaries(repoRoot, binDir, raceBuilt)
 		}
 		return m.Run()
 	}()
