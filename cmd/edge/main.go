@@ -36,6 +36,7 @@ type Config struct {
 	DrainGrace   time.Duration
 	WriteTimeout time.Duration
 	Hub          edge.Config
+	Hook         conf.Hook
 }
 
 // parse reads the settings and validates them, naming the setting that is wrong.
@@ -56,6 +57,7 @@ func parse(args []string) (*Config, error) {
 	fs.IntVar(&c.Hub.MaxViewers, "max-viewers", 0, "most viewers on this edge; more get 503 (0 = no limit)")
 	fs.IntVar(&c.Hub.MaxViewersPerStream, "max-viewers-per-stream", 0, "most viewers of one stream on this edge; more get 503 (0 = no limit)")
 	fs.StringVar(&c.PlaySecret, "play-secret", "", "when set, playback URLs must be signed: ?expires=UNIX&sig=hex(HMAC-SHA256(secret, path+\"?expires=\"+UNIX))")
+	c.Hook.Register(fs, "play (waits for the answer) and stop")
 	if err := conf.Parse(fs, args); err != nil {
 		return nil, err
 	}
@@ -78,6 +80,9 @@ func parse(args []string) (*Config, error) {
 	}
 	if c.Hub.MaxViewers < 0 || c.Hub.MaxViewersPerStream < 0 {
 		return nil, errors.New("--max-viewers and --max-viewers-per-stream must not be negative")
+	}
+	if _, err := c.Hook.Client(c.ID, slog.Default()); err != nil {
+		return nil, err
 	}
 	if c.Hub.MaxLagBytes < 64<<10 {
 		return nil, fmt.Errorf("--max-lag-bytes %d: must be at least 65536", c.Hub.MaxLagBytes)
@@ -109,7 +114,19 @@ func run(c *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	flv := &httpflv.Server{Hub: hub, Log: log, CORSOrigin: c.CORSOrigin, WriteTimeout: c.WriteTimeout, PlaySecret: c.PlaySecret, SendBuffer: c.SendBuffer, BaseContext: ctx}
+	hooks, err := c.Hook.Client(c.ID, log)
+	if err != nil {
+		return err
+	}
+	if hooks != nil {
+		// Stop notifications are sent until every viewer writer has finished (below).
+		hookCtx, stopHooks := context.WithCancel(context.Background())
+		hooksDone := make(chan struct{})
+		go func() { defer close(hooksDone); hooks.Run(hookCtx) }()
+		defer func() { stopHooks(); <-hooksDone }()
+		log.Info("play callbacks on", "url", hooks.URL(), "timeout", c.Hook.Timeout, "fail_open", c.Hook.FailOpen, "signed", c.Hook.Secret != "")
+	}
+	flv := &httpflv.Server{Hub: hub, Log: log, CORSOrigin: c.CORSOrigin, WriteTimeout: c.WriteTimeout, PlaySecret: c.PlaySecret, SendBuffer: c.SendBuffer, BaseContext: ctx, Hook: hooks}
 	page := web.Handler()
 	var draining atomic.Bool
 	mux := http.NewServeMux()

@@ -45,6 +45,7 @@ type Config struct {
 	JanitorNS     string
 	JanitorLease  string
 	JanitorSel    string
+	Hook          conf.Hook
 }
 
 // parse reads the settings and validates them, naming the setting that is wrong.
@@ -67,6 +68,7 @@ func parse(args []string) (*Config, error) {
 	fs.StringVar(&c.JanitorNS, "janitor-namespace", os.Getenv("POD_NAMESPACE"), "namespace of the origin pods and of the janitor's Lease (default: POD_NAMESPACE)")
 	fs.StringVar(&c.JanitorLease, "janitor-lease", k8s.DefaultLeaseName, "name of the janitor's Lease")
 	fs.StringVar(&c.JanitorSel, "janitor-selector", k8s.DefaultOriginSelector, "label selector of the origin pods")
+	c.Hook.Register(fs, "publish (waits for the answer) and unpublish")
 	if err := conf.Parse(fs, args); err != nil {
 		return nil, err
 	}
@@ -81,6 +83,9 @@ func parse(args []string) (*Config, error) {
 		return nil, errors.New("--max-publishers: must not be negative")
 	case (c.Janitor || c.Kubeconfig != "") && c.JanitorNS == "":
 		return nil, errors.New("--janitor-namespace: required with --janitor (set POD_NAMESPACE from the downward API)")
+	}
+	if _, err := c.Hook.Client(c.ID, slog.Default()); err != nil {
+		return nil, err
 	}
 	for _, a := range []struct{ name, v string }{{"--http-addr", c.HTTPAddr}, {"--rtmp-addr", c.RTMPAddr}} {
 		if _, _, err := net.SplitHostPort(a.v); err != nil {
@@ -131,7 +136,19 @@ func run(c *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	o, err := origin.New(ctx, origin.Config{ID: c.ID, Addr: c.RTMPAddr, TTL: c.TTL, PublishSecret: c.PublishSecret, MaxPublishers: c.MaxPublishers}, pub, store, log)
+	hooks, err := c.Hook.Client(c.ID, log)
+	if err != nil {
+		return err
+	}
+	if hooks != nil {
+		// Unpublish notifications are sent until every session has closed (below).
+		hookCtx, stopHooks := context.WithCancel(context.Background())
+		hooksDone := make(chan struct{})
+		go func() { defer close(hooksDone); hooks.Run(hookCtx) }()
+		defer func() { stopHooks(); <-hooksDone }()
+		log.Info("publish callbacks on", "url", hooks.URL(), "timeout", c.Hook.Timeout, "fail_open", c.Hook.FailOpen, "signed", c.Hook.Secret != "")
+	}
+	o, err := origin.New(ctx, origin.Config{ID: c.ID, Addr: c.RTMPAddr, TTL: c.TTL, PublishSecret: c.PublishSecret, MaxPublishers: c.MaxPublishers, Hook: hooks}, pub, store, log)
 	if err != nil {
 		return err
 	}
@@ -237,8 +254,11 @@ func waitPublishers(o *origin.Origin, grace time.Duration, sources []*origin.Fil
 // ingest adapts *origin.Origin to rtmp.Ingest.
 type ingest struct{ o *origin.Origin }
 
-func (i ingest) Publish(ctx context.Context, name stream.Name, key string) (rtmp.Publication, error) {
-	s, err := i.o.Publish(ctx, name, key)
+func (i ingest) Publish(ctx context.Context, req rtmp.PublishRequest) (rtmp.Publication, error) {
+	s, err := i.o.Accept(ctx, origin.PublishRequest{Name: req.Name, Key: req.Key, ClientIP: req.ClientIP, Query: req.Query})
+	if errors.Is(err, origin.ErrUnauthorized) || errors.Is(err, origin.ErrDenied) {
+		return nil, rtmp.Unauthorized(err)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package conf
 import (
 	"flag"
 	"io"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -50,5 +51,35 @@ func TestBadEnvironmentValueNamesTheVariable(t *testing.T) {
 	}
 	if EnvName("max-viewers-per-stream") != "FLVCDN_MAX_VIEWERS_PER_STREAM" {
 		t.Fatal(EnvName("max-viewers-per-stream"))
+	}
+}
+
+func TestHookSettings(t *testing.T) {
+	t.Setenv("FLVCDN_HOOK_URL", "http://127.0.0.1:9/hook")
+	t.Setenv("FLVCDN_HOOK_SECRET", "from-a-secret")
+	var h Hook
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	h.Register(fs, "play")
+	if err := Parse(fs, []string{"--hook-timeout", "500ms", "--hook-fail-open"}); err != nil {
+		t.Fatal(err)
+	}
+	if h.URL != "http://127.0.0.1:9/hook" || h.Secret != "from-a-secret" || h.Timeout != 500*time.Millisecond || !h.FailOpen {
+		t.Fatalf("%+v", h)
+	}
+	if c, err := h.Client("edge-1", slog.Default()); err != nil || c == nil {
+		t.Fatalf("client %v %v", c, err)
+	}
+	bad := map[string]Hook{
+		"--hook-url":     {URL: "localhost:8080/hook", Timeout: time.Second},
+		"--hook-timeout": {URL: "http://h/", Timeout: 0},
+		"--hook-secret":  {Secret: "s", Timeout: time.Second},
+	}
+	for setting, h := range bad {
+		if _, err := h.Client("n", slog.Default()); err == nil || !strings.Contains(err.Error(), setting) {
+			t.Errorf("%+v: %v, want an error naming %s", h, err, setting)
+		}
+	}
+	if c, err := (&Hook{Timeout: time.Second}).Client("n", slog.Default()); c != nil || err != nil {
+		t.Errorf("no --hook-url: %v %v, want no client", c, err)
 	}
 }

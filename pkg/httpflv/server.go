@@ -6,6 +6,8 @@ package httpflv
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/flvcdn/flvcdn/pkg/edge"
+	"github.com/flvcdn/flvcdn/pkg/hook"
 	"github.com/flvcdn/flvcdn/pkg/stream"
 )
 
@@ -49,6 +52,9 @@ type Server struct {
 	BaseContext context.Context
 	// PlaySecret, when set, requires signed URLs: ?expires=UNIX&sig=HEX (stream.SignPlay).
 	PlaySecret string
+	// Hook, when set, is asked before each play (after the signature check: both
+	// must pass; a denial is 403 with its reason) and told when the viewer ends.
+	Hook *hook.Client
 
 	writers sync.WaitGroup
 	written atomic.Uint64 // bytes written to viewers, for BytesOut
@@ -127,22 +133,61 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
+	pl, ok := s.allow(w, r, name)
+	if !ok {
+		return
+	}
 	// Range: bytes=0- and Icy-MetaData: 1 (sent by ffmpeg) are tolerated: a live
 	// stream has no ranges, so they get the plain 200 stream.
 	v, err := s.Hub.Watch(r.Context(), name)
 	if err != nil {
 		s.refuse(w, name, err)
+		s.stopped(pl, 0)
 		return
 	}
 	setFLVHeaders(h)
 	if r.ProtoAtLeast(1, 1) && r.ProtoMajor == 1 {
 		if hj, ok := w.(http.Hijacker); ok {
-			s.hijack(h.Clone(), hj, v, name)
+			s.hijack(h.Clone(), hj, v, name, pl)
 			return
 		}
 	}
 	defer v.Close()
-	s.serveFlushed(r, w, v, name)
+	s.stopped(pl, s.serveFlushed(r, w, v, name))
+}
+
+// play is one viewer's play, as its callbacks see it.
+type play struct {
+	ev    hook.Event
+	start time.Time
+}
+
+// allow asks the play hook (when there is one); a denial is answered 403 with its reason.
+func (s *Server) allow(w http.ResponseWriter, r *http.Request, name stream.Name) (play, bool) {
+	if s.Hook == nil {
+		return play{}, true
+	}
+	var id [8]byte
+	_, _ = rand.Read(id[:]) // crypto/rand never fails on Linux
+	host, _, _ := net.SplitHostPort(r.RemoteAddr)
+	pl := play{ev: hook.Event{Action: hook.Play, App: name.App(), Stream: name.Stream(), ClientIP: host,
+		Query: r.URL.RawQuery, Session: hex.EncodeToString(id[:])}}
+	d, _ := s.Hook.Call(r.Context(), pl.ev)
+	if !d.Allow {
+		if r.Context().Err() == nil {
+			http.Error(w, d.Reason, http.StatusForbidden)
+		}
+		return play{}, false
+	}
+	pl.start = time.Now()
+	return pl, true
+}
+
+// stopped tells the hook that an allowed play ended, with the FLV bytes it was sent.
+func (s *Server) stopped(pl play, bytes int64) {
+	if s.Hook != nil && !pl.start.IsZero() {
+		s.Hook.Notify(pl.ev.Ended(hook.Stop, time.Since(pl.start), uint64(bytes)))
+	}
 }
 
 // hijack takes the connection over from net/http and hands it to a writer
@@ -150,10 +195,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // (buffers, request, the serve goroutine's stack: ~25 KB) is freed. The writer
 // belongs to the Server: it ends with the stream, the viewer's socket, or
 // BaseContext, and Wait joins it.
-func (s *Server) hijack(hdr http.Header, hj http.Hijacker, v *edge.Viewer, name stream.Name) {
+func (s *Server) hijack(hdr http.Header, hj http.Hijacker, v *edge.Viewer, name stream.Name, pl play) {
 	conn, _, err := hj.Hijack() // the buffered reader/writer are not used again
 	if err != nil {
 		v.Close()
+		s.stopped(pl, 0)
 		s.Log.Warn("hijack failed", "err", err)
 		return
 	}
@@ -169,7 +215,8 @@ func (s *Server) hijack(hdr http.Header, hj http.Hijacker, v *edge.Viewer, name 
 		defer s.writers.Done()
 		defer v.Close()
 		defer conn.Close()
-		s.serveConn(ctx, &viewerConn{Conn: conn, timeout: s.writeTimeout()}, hdr, v, name)
+		n := s.serveConn(ctx, &viewerConn{Conn: conn, timeout: s.writeTimeout()}, hdr, v, name)
+		s.stopped(pl, n)
 	}()
 }
 
@@ -201,8 +248,9 @@ func (s *Server) refuse(w http.ResponseWriter, name stream.Name, err error) {
 }
 
 // serveConn writes the response itself so that a viewer's queued tags leave in
-// one writev: chunk size line, the shared tag slices, CRLF.
-func (s *Server) serveConn(ctx context.Context, conn *viewerConn, hdr http.Header, v *edge.Viewer, name stream.Name) {
+// one writev: chunk size line, the shared tag slices, CRLF. It returns the FLV bytes
+// written.
+func (s *Server) serveConn(ctx context.Context, conn *viewerConn, hdr http.Header, v *edge.Viewer, name stream.Name) (written int64) {
 	var head strings.Builder
 	head.WriteString("HTTP/1.1 200 OK\r\n")
 	hdr.Set("Transfer-Encoding", "chunked")
@@ -210,7 +258,7 @@ func (s *Server) serveConn(ctx context.Context, conn *viewerConn, hdr http.Heade
 	_ = hdr.Write(&head)
 	head.WriteString("\r\n")
 	if err := conn.write(net.Buffers{[]byte(head.String())}); err != nil {
-		return
+		return 0
 	}
 	backing := make(net.Buffers, 0, 64)
 	var size [20]byte
@@ -231,14 +279,15 @@ func (s *Server) serveConn(ctx context.Context, conn *viewerConn, hdr http.Heade
 			}
 			if werr := conn.write(bufs); werr != nil {
 				s.dropped(name, werr)
-				return
+				return written
 			}
 			bytesOut.Add(float64(n))
+			written += int64(n)
 			s.written.Add(uint64(n))
 		}
 		if err != nil {
 			s.finish(conn, name, err)
-			return
+			return written
 		}
 	}
 }
@@ -298,7 +347,8 @@ func (s *Server) finish(conn *viewerConn, name stream.Name, err error) {
 }
 
 // serveFlushed is the fallback for HTTP/1.0 and HTTP/2: the ResponseWriter frames it.
-func (s *Server) serveFlushed(r *http.Request, w http.ResponseWriter, v *edge.Viewer, name stream.Name) {
+// It returns the FLV bytes written.
+func (s *Server) serveFlushed(r *http.Request, w http.ResponseWriter, v *edge.Viewer, name stream.Name) (written int64) {
 	rc := http.NewResponseController(w)
 	w.WriteHeader(http.StatusOK)
 	ctx := r.Context()
@@ -310,16 +360,17 @@ func (s *Server) serveFlushed(r *http.Request, w http.ResponseWriter, v *edge.Vi
 		for _, b := range bufs {
 			if _, werr := w.Write(b); werr != nil {
 				s.dropped(name, werr)
-				return
+				return written
 			}
 			bytesOut.Add(float64(len(b)))
+			written += int64(len(b))
 			s.written.Add(uint64(len(b)))
 		}
 		if ferr := rc.Flush(); ferr != nil {
-			return
+			return written
 		}
 		if err != nil {
-			return
+			return written
 		}
 	}
 }

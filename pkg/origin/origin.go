@@ -16,10 +16,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/flvcdn/flvcdn/pkg/bus"
+	"github.com/flvcdn/flvcdn/pkg/hook"
 	"github.com/flvcdn/flvcdn/pkg/registry"
 	"github.com/flvcdn/flvcdn/pkg/stream"
 )
@@ -37,6 +39,8 @@ var (
 	ErrDraining     = errors.New("origin is draining: publish to another origin")
 	ErrUnauthorized = errors.New("publish key missing or wrong")
 	ErrTooMany      = errors.New("origin is at its publisher limit")
+	// ErrDenied: the publish callback did not allow it; the error's text ends with its reason.
+	ErrDenied = errors.New("publish denied")
 )
 
 // Config tunes an Origin. Zero values take the documented defaults.
@@ -62,6 +66,9 @@ type Config struct {
 	// dropped until the next keyframe (new viewers then wait for it). Defaults 16 MiB, 2000 tags.
 	GOPMaxBytes  int
 	GOPMaxFrames int
+	// Hook, when set, is asked before each publish (after the key check: both must
+	// pass) and told of each unpublish. Nil: no callbacks.
+	Hook *hook.Client
 }
 
 func (c *Config) defaults() {
@@ -113,10 +120,32 @@ func New(ctx context.Context, cfg Config, pub *bus.Publisher, reg Registry, log 
 	return &Origin{cfg: cfg, bus: pub, reg: reg, log: log, ctx: ctx, streams: map[stream.Name]*entry{}}, nil
 }
 
+// PublishRequest is a publisher asking to publish: the stream, its key, and what the
+// publish callback is told about the publisher.
+type PublishRequest struct {
+	Name     stream.Name
+	Key      string
+	ClientIP string
+	// Query is the raw query string of the publish URL (platforms pass their tokens in it).
+	Query string
+}
+
 // Publish starts a publishing session for name. key is checked when a secret is set.
 // The caller feeds tags with Alloc/Write (or WriteTag) and must Close the stream
 // when the publisher leaves.
 func (o *Origin) Publish(ctx context.Context, name stream.Name, key string) (*Stream, error) {
+	return o.Accept(ctx, PublishRequest{Name: name, Key: key})
+}
+
+// Accept is Publish for a publisher described by req (package rtmp's, through cmd/origin).
+func (o *Origin) Accept(ctx context.Context, req PublishRequest) (*Stream, error) {
+	return o.publish(ctx, req, o.cfg.Hook)
+}
+
+// publish starts a session; h (nil: none) is asked once the name is reserved, so that
+// an allowed publish that fails later is still followed by its unpublish.
+func (o *Origin) publish(ctx context.Context, req PublishRequest, h *hook.Client) (*Stream, error) {
+	name, key := req.Name, req.Key
 	if o.cfg.PublishSecret != "" && !stream.CheckPublishKey(o.cfg.PublishSecret, name, key) {
 		publishRefused.WithLabelValues("auth").Inc()
 		return nil, ErrUnauthorized
@@ -141,23 +170,43 @@ func (o *Origin) Publish(ctx context.Context, name stream.Name, key string) (*St
 			publishRefused.WithLabelValues("taken").Inc()
 			return nil, fmt.Errorf("%s: %w", name, registry.ErrTaken)
 		}
-		return o.Publish(ctx, name, key)
+		return o.publish(ctx, req, h)
 	}
 	e := &entry{}
-	o.streams[name] = e // reserve the name while the registry is asked
+	o.streams[name] = e // reserve the name while the callback and the registry are asked
 	o.mu.Unlock()
 
-	out, err := o.bus.Open(string(name), randomID())
+	session := randomID()
+	ev := hook.Event{Action: hook.Publish, App: name.App(), Stream: name.Stream(), ClientIP: req.ClientIP,
+		Query: req.Query, Session: strconv.FormatUint(session, 16)}
+	if h != nil {
+		if d, _ := h.Call(ctx, ev); !d.Allow {
+			o.unreserve(name, e)
+			publishRefused.WithLabelValues("hook").Inc()
+			return nil, fmt.Errorf("%w: %s", ErrDenied, d.Reason)
+		}
+	}
+	allowedButFailed := func() {
+		if h != nil {
+			h.Notify(ev.Ended(hook.Unpublish, 0, 0))
+		}
+	}
+	out, err := o.bus.Open(string(name), session)
 	if err != nil {
 		o.unreserve(name, e)
+		allowedButFailed()
 		return nil, fmt.Errorf("publish %s: %w", name, err)
 	}
 	s := newStream(o, name, out)
+	if h != nil {
+		s.hook, s.hookEv = h, ev
+	}
 	o.mu.Lock()
 	e.s = s
 	o.mu.Unlock()
 	if err := o.claim(ctx, s); err != nil {
 		o.unreserve(name, e)
+		allowedButFailed()
 		_ = out.End()
 		if errors.Is(err, registry.ErrTaken) {
 			publishRefused.WithLabelValues("taken").Inc()
@@ -241,6 +290,7 @@ func (o *Origin) release(ctx context.Context, s *Stream) {
 	o.event(ctx, registry.EventUnpublish, s)
 	streamsGauge.Dec()
 	st := s.Stats()
+	s.reportEnd()
 	o.log.Info("publish ended", "stream", s.name, "session", s.out.Session().String(), "tags", st.Tags)
 }
 

@@ -15,6 +15,8 @@ import (
 
 // FileSource loops a recorded FLV file as a live stream, paced in real time, with
 // timestamps continuing across loops. Metadata and sequence headers are sent once.
+// It does not call the publish hook: it is the operator's own configuration, like
+// the key it computes for itself (and a denial would only make it retry forever).
 type FileSource struct {
 	Name stream.Name
 	Path string
@@ -75,7 +77,7 @@ func (f *FileSource) load() error {
 // a pause whenever it cannot (another publisher holds it, or the registry is down).
 func (f *FileSource) Run(ctx context.Context, o *Origin) error {
 	for ctx.Err() == nil {
-		s, err := o.Publish(ctx, f.Name, stream.PublishKey(o.cfg.PublishSecret, f.Name))
+		s, err := o.publish(ctx, PublishRequest{Name: f.Name, Key: stream.PublishKey(o.cfg.PublishSecret, f.Name)}, nil)
 		if err != nil {
 			o.log.Warn("file source cannot publish; retrying", "stream", f.Name, "err", err)
 			select {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/flvcdn/flvcdn/pkg/bus"
 	"github.com/flvcdn/flvcdn/pkg/flv"
+	"github.com/flvcdn/flvcdn/pkg/hook"
 	"github.com/flvcdn/flvcdn/pkg/registry"
 	"github.com/flvcdn/flvcdn/pkg/stream"
 )
@@ -49,7 +50,10 @@ type Stream struct {
 	tagsIn    atomic.Uint64                 // tags ingested, written by the actor
 	bytesIn   atomic.Uint64                 // body bytes ingested, written by the actor
 	media     atomic.Pointer[flv.MediaInfo] // what the tracks are, written by the actor
-	started   time.Time
+	started   time.Time                     // when the session started
+	hook      *hook.Client                  // told of the unpublish (nil: no callback)
+	hookEv    hook.Event                    // the publish event the callback allowed
+	endOnce   sync.Once                     // the unpublish callback is told once
 
 	// ---- actor state ----
 	cache cache
@@ -160,6 +164,7 @@ func (s *Stream) run(ctx context.Context) {
 			return
 		case <-ctx.Done():
 			s.finish()
+			s.reportEnd() // the origin is shutting down: its publishers may never Close
 			return
 		}
 	}
@@ -237,6 +242,15 @@ func (s *Stream) Close(ctx context.Context) {
 		close(s.released)
 	})
 	<-s.released
+}
+
+// reportEnd tells the unpublish callback (if any), once, that the session ended.
+func (s *Stream) reportEnd() {
+	if s.hook != nil {
+		s.endOnce.Do(func() {
+			s.hook.Notify(s.hookEv.Ended(hook.Unpublish, time.Since(s.started), s.Stats().Bytes))
+		})
+	}
 }
 
 // Stats returns the session's figures so far.

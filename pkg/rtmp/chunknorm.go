@@ -81,6 +81,8 @@ const (
 	cnMaxOutHeader = 3 + 11 + 4
 
 	cnTypeSetChunkSize = 1
+	cnTypeCommandAMF3  = 17
+	cnTypeCommandAMF0  = 20
 	cnTypeAbort        = 2
 	cnTypeWinAckSize   = 5
 	cnTypeAudio        = 8
@@ -161,6 +163,8 @@ type chunkNormalizer struct {
 	body       []byte
 	bodyOff    int
 	bodyPooled bool // body came from the pool and goes back to it once served
+
+	cmdCSID uint32 // see commandCSID
 
 	injectBody [4]byte
 	scratch    [11]byte
@@ -681,9 +685,17 @@ func (c *chunkNormalizer) complete(cs *cnStream, buf []byte) (bool, error) {
 		c.putBuf(buf)
 		return false, nil
 	}
+	if cs.typeID == cnTypeCommandAMF0 || cs.typeID == cnTypeCommandAMF3 {
+		c.cmdCSID = cs.csid
+	}
 	c.setPending(cs.csid, cs.timestamp, cs.typeID, cs.streamID, buf, true)
 	return true, nil
 }
+
+// commandCSID is the chunk stream of the last command handed to go-rtmp (0: none).
+// go-rtmp handles a command before it reads the next message, so in a handler
+// callback this is the csid of the command being handled, the one go-rtmp answers on.
+func (c *chunkNormalizer) commandCSID() uint32 { return c.cmdCSID }
 
 // readPayload reads the next n payload bytes of the csid's message: into the tag body,
 // past them, or appended to the message buffer. That buffer grows by doubling but never

@@ -24,7 +24,6 @@ import (
 	rtmpmsg "github.com/yutopp/go-rtmp/message"
 
 	"github.com/flvcdn/flvcdn/pkg/flv"
-	"github.com/flvcdn/flvcdn/pkg/stream"
 )
 
 // ---------------------------------------------------------------------------------------
@@ -1327,7 +1326,7 @@ type recordingIngest struct {
 
 type recordingPub struct{ ing *recordingIngest }
 
-func (r *recordingIngest) Publish(context.Context, stream.Name, string) (Publication, error) {
+func (r *recordingIngest) Publish(context.Context, PublishRequest) (Publication, error) {
 	return recordingPub{r}, nil
 }
 

@@ -19,7 +19,6 @@ import (
 
 	"github.com/flvcdn/flvcdn/pkg/bus"
 	"github.com/flvcdn/flvcdn/pkg/flv"
-	"github.com/flvcdn/flvcdn/pkg/stream"
 )
 
 // benchHeadroom is what the origin reserves in front of each tag (the bus prefix).
@@ -61,7 +60,7 @@ func (p *benchPub) count(payload int) {
 	p.mu.Unlock()
 }
 
-func (b *benchIngest) Publish(context.Context, stream.Name, string) (Publication, error) {
+func (b *benchIngest) Publish(context.Context, PublishRequest) (Publication, error) {
 	close(b.published)
 	return &b.pub, nil
 }

@@ -38,9 +38,34 @@ import (
 
 // Ingest accepts publishers (package origin implements it).
 type Ingest interface {
-	// Publish authorises and starts a session; key is the publisher's ?key= value.
-	Publish(ctx context.Context, name stream.Name, key string) (Publication, error)
+	// Publish authorises and starts a session. The publisher is refused with
+	// NetStream.Publish.Unauthorized when the error wraps ErrUnauthorized, else with
+	// NetStream.Publish.Failed; the error's text is the description it reads.
+	Publish(ctx context.Context, req PublishRequest) (Publication, error)
 }
+
+// PublishRequest describes a publish command.
+type PublishRequest struct {
+	Name stream.Name
+	// Key is the ?key= value (from the stream name, else from the app).
+	Key      string
+	ClientIP string
+	// Query is the raw query string of the publish URL: the stream name's, else the app's.
+	Query string
+}
+
+// ErrUnauthorized marks a refusal for lack of authorisation (see Unauthorized).
+var ErrUnauthorized = errors.New("not authorized")
+
+// Unauthorized returns err marked as ErrUnauthorized, its text unchanged.
+func Unauthorized(err error) error { return unauthorized{err} }
+
+type unauthorized struct{ error }
+
+func (u unauthorized) Unwrap() []error { return []error{u.error, ErrUnauthorized} }
+
+// codePublishUnauthorized: go-rtmp v0.0.7 has no constant for this onStatus code.
+const codePublishUnauthorized rtmpmsg.NetStreamOnStatusCode = "NetStream.Publish.Unauthorized"
 
 // Publication is one accepted publishing session.
 type Publication interface {
@@ -137,6 +162,7 @@ type handler struct {
 
 	app       string
 	appKey    string
+	appQuery  string
 	mu        sync.Mutex
 	pub       Publication
 	name      stream.Name
@@ -160,7 +186,7 @@ func (h *handler) OnConnect(_ uint32, cmd *rtmpmsg.NetConnectionConnect) error {
 	// Some clients put the query on the app ("live?key=..."); keep the key either way.
 	app, q, _ := strings.Cut(cmd.Command.App, "?")
 	h.app = strings.TrimSuffix(app, "/")
-	h.appKey = queryKey(q)
+	h.appKey, h.appQuery = queryKey(q), q
 	return nil
 }
 
@@ -172,14 +198,22 @@ func (h *handler) OnPublish(sc *gortmp.StreamContext, ts uint32, cmd *rtmpmsg.Ne
 		h.status(sc, rtmpmsg.NetStreamOnStatusCodePublishBadName, "bad stream name: "+err.Error())
 		return err
 	}
-	key := queryKey(q)
-	if key == "" {
-		key = h.appKey
+	req := PublishRequest{Name: name, Key: queryKey(q), Query: q}
+	if req.Key == "" {
+		req.Key = h.appKey
 	}
-	pub, err := h.srv.Ingest.Publish(h.ctx, name, key)
+	if req.Query == "" {
+		req.Query = h.appQuery
+	}
+	req.ClientIP, _, _ = net.SplitHostPort(h.remote)
+	pub, err := h.srv.Ingest.Publish(h.ctx, req)
 	if err != nil {
 		h.srv.Log.Warn("rtmp: publish refused", "remote", h.remote, "stream", name, "err", err)
-		h.status(sc, rtmpmsg.NetStreamOnStatusCodePublishFailed, fmt.Sprintf("%s: %v", name, err))
+		code := rtmpmsg.NetStreamOnStatusCodePublishFailed
+		if errors.Is(err, ErrUnauthorized) {
+			code = codePublishUnauthorized
+		}
+		h.status(sc, code, fmt.Sprintf("%s: %v", name, err))
 		return err
 	}
 	h.mu.Lock()
@@ -258,7 +292,11 @@ func (h *handler) OnClose() {
 }
 
 // status sends an onStatus error with a description the publisher can read;
-// go-rtmp follows it with its generic NetStream.Publish.Failed.
+// go-rtmp follows it with its generic NetStream.Publish.Failed. Ours goes on the chunk
+// stream of the publish command, where go-rtmp answers too: go-rtmp writes one message
+// per chunk stream at a time, so ours arrives complete first even when it spans
+// several chunks (on another chunk stream go-rtmp's one-chunk status could overtake
+// it, and ffmpeg prints the first error status it gets).
 func (h *handler) status(sc *gortmp.StreamContext, code rtmpmsg.NetStreamOnStatusCode, desc string) {
 	if h.rtmpConn == nil || sc == nil {
 		return
@@ -272,7 +310,11 @@ func (h *handler) status(sc *gortmp.StreamContext, code rtmpmsg.NetStreamOnStatu
 	}
 	ctx, cancel := context.WithTimeout(h.ctx, time.Second)
 	defer cancel()
-	_ = h.rtmpConn.Write(ctx, 5, 0, &gortmp.ChunkMessage{StreamID: sc.StreamID, Message: &rtmpmsg.CommandMessage{
+	csid := int(h.norm.commandCSID())
+	if csid < 3 {
+		csid = 5
+	}
+	_ = h.rtmpConn.Write(ctx, csid, 0, &gortmp.ChunkMessage{StreamID: sc.StreamID, Message: &rtmpmsg.CommandMessage{
 		CommandName: "onStatus", Encoding: rtmpmsg.EncodingTypeAMF0, Body: &buf}})
 }
 

@@ -36,7 +36,8 @@ type countingPub struct {
 	kicked chan struct{}
 }
 
-func (c *countingIngest) Publish(_ context.Context, name stream.Name, _ string) (Publication, error) {
+func (c *countingIngest) Publish(_ context.Context, req PublishRequest) (Publication, error) {
+	name := req.Name
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.tags[name] == nil {

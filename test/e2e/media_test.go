@@ -170,7 +170,7 @@ func expectRefused(ctx context.Context, t testing.TB, p *publisher, why string) 
 }
 
 // refusalReasons are the labels of flvcdn_origin_publish_refused_total.
-var refusalReasons = []string{"auth", "taken", "draining", "limit"}
+var refusalReasons = []string{"auth", "taken", "draining", "limit", "hook"}
 
 // refusals reads an origin's publish refusals by reason, and the number of RTMP-level
 // refusals of bad names in its log (those never reach the origin's counter).
