@@ -63,9 +63,11 @@ test: test-tools vet
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/e2e/...
 
 # A real control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)
-# built from the Go module proxy into .cache/, then chart and janitor checks.
+# built from the Go module proxy into ~/.cache/flvcdn, then chart and janitor
+# checks; then the chart's pods on a real node (test-node, needs root).
 test-k8s:
 	bash test/k8s/run.sh
+	bash test/k8s/node.sh
 
 # A real node (containerd, runc, CNI bridge, kubelet, kube-proxy, CoreDNS) with
 # the chart's pods running from the `make image` images; needs root. Its last
