@@ -18,7 +18,10 @@
 # and the Go test TestNode (node_test.go, tag k8s_node): ffmpeg publishing
 # through the origin Service, viewers through the edge Service (ClusterIP via
 # kube-proxy, NodePort, LoadBalancer address), kubectl scale, deletion of the
-# origin pod holding the stream, helm upgrade rolling the edges.
+# origin pod holding the stream, helm upgrade rolling the edges. Then
+# metrics-server (tools.sh) on the host, registered as an APIService, and the Go
+# test TestNodeHPA: viewer load until the chart's HPA adds an edge
+# (FLVCDN_NODE_HPA=0 skips this step).
 #
 # Its last line starts with "real node:" and gives the figures.
 #
@@ -78,7 +81,7 @@ t=$SECONDS
 BIN=$(bash "$HERE/tools.sh" | tail -n 1)
 tools_s=$((SECONDS - t))
 export PATH=$BIN:$PATH
-for tool in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy coredns pause helm kubectl; do
+for tool in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy coredns pause metrics-server helm kubectl; do
 	command -v "$tool" >/dev/null || fail "missing tool: $tool (tools.sh)"
 done
 
@@ -269,6 +272,13 @@ PROXY_TOKEN=$(openssl rand -hex 24)
 	echo "$NODE_TOKEN,system:node:$NODE,node,system:nodes"
 	echo "$PROXY_TOKEN,system:kube-proxy,kube-proxy"
 } >"$WORK/tokens.csv"
+# The aggregation layer (for metrics-server): a front-proxy CA and the API
+# server's client certificate signed by it.
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/front-proxy-ca.key" -out "$WORK/front-proxy-ca.crt" \
+	-subj /CN=flvcdn-front-proxy-ca -days 1 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout "$WORK/front-proxy.key" -out "$WORK/front-proxy.csr" -subj /CN=front-proxy-client 2>/dev/null
+openssl x509 -req -in "$WORK/front-proxy.csr" -CA "$WORK/front-proxy-ca.crt" -CAkey "$WORK/front-proxy-ca.key" \
+	-CAcreateserial -out "$WORK/front-proxy.crt" -days 1 2>/dev/null
 # The API server listens on the node's bridge address: pods reach it through
 # the kubernetes Service (10.96.0.1), which kube-proxy maps to this address.
 API_PORT=$(free_port "$NODE_IP")
@@ -279,7 +289,11 @@ start kube-apiserver kube-apiserver --etcd-servers "http://127.0.0.1:$ETCD_PORT"
 	--service-account-issuer https://kubernetes.default.svc.cluster.local \
 	--token-auth-file "$WORK/tokens.csv" --authorization-mode Node,RBAC \
 	--service-cluster-ip-range "$SVC_CIDR" --enable-priority-and-fairness=false \
-	--kubelet-preferred-address-types InternalIP
+	--kubelet-preferred-address-types InternalIP \
+	--requestheader-client-ca-file "$WORK/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+	--requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+	--requestheader-extra-headers-prefix X-Remote-Extra- --proxy-client-cert-file "$WORK/front-proxy.crt" \
+	--proxy-client-key-file "$WORK/front-proxy.key" --enable-aggregator-routing=true
 wait_until 60 kube-apiserver curl -skf -H "Authorization: Bearer $ADMIN_TOKEN" "$API/readyz"
 
 kubeconfig() { # kubeconfig <file> <user> <token>
@@ -544,8 +558,56 @@ out=$WORK/go-node.log
 grep 'FIGURE' "$out" | sed 's/^ */    /' >&2
 check_alive
 figures=$(grep -o 'FIGURE .*' "$out" | sed 's/^FIGURE //' | paste -sd '|' - | sed 's/|/; /g')
+
+# --- HPA for real: metrics-server, viewer load, a new edge ------------------------------------------
+# Started only now: with metrics the HPA owns the edge count, and the steps
+# above (kubectl scale to 3) would be undone by its scale-down.
+if [[ ${FLVCDN_NODE_HPA:-1} == 1 ]]; then
+	MS_PORT=$(free_port "$NODE_IP")
+	start metrics-server metrics-server --secure-port "$MS_PORT" --bind-address "$NODE_IP" --cert-dir "$WORK/metrics-server" \
+		--kubeconfig "$KUBECONFIG" --authentication-kubeconfig "$KUBECONFIG" --authorization-kubeconfig "$KUBECONFIG" \
+		--kubelet-insecure-tls --kubelet-preferred-address-types InternalIP --metric-resolution 10s --kubelet-request-timeout 5s --kubelet-use-node-status-port
+	kubectl apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: metrics-server, namespace: kube-system}
+spec:
+  ports: [{port: 443, targetPort: $MS_PORT, protocol: TCP}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: metrics-server, namespace: kube-system}
+subsets:
+  - addresses: [{ip: $NODE_IP}]
+    ports: [{port: $MS_PORT, protocol: TCP}]
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1beta1.metrics.k8s.io}
+spec:
+  service: {name: metrics-server, namespace: kube-system, port: 443}
+  group: metrics.k8s.io
+  version: v1beta1
+  insecureSkipTLSVerify: true
+  groupPriorityMinimum: 100
+  versionPriority: 100
+EOF
+	t0=$(date +%s%N)
+	wait_until 120 "pod metrics of the edges (metrics-server)" bash -c "kubectl top pods -n $NS -l app.kubernetes.io/component=edge --no-headers | grep -q edge"
+	metrics_ms=$(ms_since "$t0")
+	out=$WORK/go-node-hpa.log
+	(cd "$ROOT" && KUBECONFIG=$KUBECONFIG FLVCDN_NODE_NAMESPACE=$NS FLVCDN_NODE_RELEASE=$RELEASE \
+		FLVCDN_NODE_CHART=$CHART FLVCDN_NODE_VALUES=$VALUES FLVCDN_NODE_IP=$NODE_IP FLVCDN_NODE_LB_IP=$LB_IP \
+		go test -tags k8s_node -count=1 -v -timeout 10m -run '^TestNodeHPA$' ./test/k8s/ >"$out" 2>&1) ||
+		{ grep -v '^time=' "$out" | tail -60; kubectl get hpa,pods -n "$NS" -o wide; fail "TestNodeHPA"; }
+	grep 'FIGURE' "$out" | sed 's/^ */    /' >&2
+	check_alive
+	hpa_figure="metrics API up ${metrics_ms} ms after metrics-server started; $(grep -o 'FIGURE .*' "$out" | sed 's/^FIGURE //' | paste -sd '|' - | sed 's/|/; /g')"
+else
+	hpa_figure="HPA step skipped (FLVCDN_NODE_HPA=0)"
+fi
 containers_now=$(ctr -a "$SOCK" -n k8s.io tasks ls | awk '$3=="RUNNING"' | grep -c . || true)
 
 printf '\n' >&2
 log "durations: tools ${tools_s}s, images ${images_s}s, control plane ${controlplane_ms} ms, node Ready ${node_ms} ms, helm install --wait ${install_ms} ms, total $((SECONDS - T0))s"
-echo "real node: kubelet $kubelet_version, containerd $containerd_version ($runtime_version), $nwant containers running ($edges_at_install edge ready when helm install --wait returned after ${install_ms} ms, 2 after ${hpa_ms} ms; $restarts restarts while NATS/Redis came up; $containers_now tasks incl. sandboxes at the end); $figures"
+echo "real node: kubelet $kubelet_version, containerd $containerd_version ($runtime_version), $nwant containers running ($edges_at_install edge ready when helm install --wait returned after ${install_ms} ms, 2 after ${hpa_ms} ms; $restarts restarts while NATS/Redis came up; $containers_now tasks incl. sandboxes at the end); $figures; $hpa_figure"

@@ -646,3 +646,158 @@ func nodeMedia(t *testing.T) string {
 	}
 	return out
 }
+
+// TestNodeHPA is step 6, run by node.sh once metrics-server serves the
+// metrics API: viewer load through the edge Service raises the edges' CPU past
+// the HPA's target, and the HPA adds an edge. Viewers are added in batches
+// until the HPA asks for more edges; the time from the first batch to that
+// decision and to the new edge being ready are the figures.
+func TestNodeHPA(t *testing.T) {
+	env := nodeEnv{
+		ns:      nodeMustEnv(t, "FLVCDN_NODE_NAMESPACE"),
+		release: nodeMustEnv(t, "FLVCDN_NODE_RELEASE"),
+	}
+	nodeMustEnv(t, "KUBECONFIG")
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	hpa := env.release + "-edge"
+	status := func() (util, current, desired int, err error) {
+		out := kubectl(t, "get", "hpa", hpa, "-n", env.ns, "-o",
+			`jsonpath={.status.currentMetrics[0].resource.current.averageUtilization} {.status.currentReplicas} {.status.desiredReplicas}`)
+		f := strings.Fields(out)
+		if len(f) != 3 {
+			return 0, 0, 0, fmt.Errorf("HPA status %q: no CPU reading yet", out)
+		}
+		var n [3]int
+		for i := range f {
+			if n[i], err = strconv.Atoi(f[i]); err != nil {
+				return 0, 0, 0, fmt.Errorf("HPA status %q: %w", out, err)
+			}
+		}
+		return n[0], n[1], n[2], nil
+	}
+	target := kubectl(t, "get", "hpa", hpa, "-n", env.ns, "-o", `jsonpath={.spec.metrics[0].resource.target.averageUtilization}`)
+
+	// At rest: the HPA reads the edges' CPU and has settled (it may first
+	// scale 3 edges down to minReplicas).
+	var util0, replicas0 int
+	nodeWait(ctx, t, "the HPA settled on a CPU reading", 4*time.Minute, func() error {
+		u, c, d, err := status()
+		if err != nil {
+			return err
+		}
+		if c != d {
+			return fmt.Errorf("HPA scaling from %d to %d", c, d)
+		}
+		if n := len(readyPodIPs(t, env, "edge")); n != c {
+			return fmt.Errorf("%d ready edges, HPA has %d", n, c)
+		}
+		util0, replicas0 = u, c
+		return nil
+	})
+	t.Logf("HPA at rest: %d%% of the CPU request (target %s%%), %d edges", util0, target, replicas0)
+
+	// A stream to watch.
+	originIP := kubectl(t, "get", "svc", env.release+"-origin", "-n", env.ns, "-o", "jsonpath={.spec.clusterIP}")
+	edgeIP := kubectl(t, "get", "svc", env.release+"-edge", "-n", env.ns, "-o", "jsonpath={.spec.clusterIP}")
+	secret, err := base64.StdEncoding.DecodeString(kubectl(t, "get", "secret", env.release+"-publish", "-n", env.ns, "-o", "jsonpath={.data.publish-secret}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	name, err := stream.NewName("live", "load")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := startPublisher(ctx, t, nodeMedia(t), fmt.Sprintf("rtmp://%s:1935/%s?key=%s", originIP, name, stream.PublishKey(string(secret), name)))
+	defer pub.stop()
+	url := "http://" + edgeIP + ":80/" + string(name) + ".flv"
+	probe := startNodeViewer(ctx, url, false)
+	nodeWait(ctx, t, "the load stream playing", 60*time.Second, func() error {
+		if err := probe.waitKeyframes(ctx, 1, 20*time.Second); err != nil {
+			probe.stop()
+			probe = startNodeViewer(ctx, url, false)
+			return err
+		}
+		return nil
+	})
+	probe.stop()
+
+	// Load: batches of viewers that read and discard, until the HPA asks for more edges.
+	const batch, maxViewers = 50, 1000
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { stopLoad(); wg.Wait() }()
+	var active atomicCounter
+	start := time.Now()
+	viewers, util, desired := 0, util0, replicas0
+	var decided time.Duration
+	lastBatch := time.Time{}
+	for decided == 0 {
+		if viewers < maxViewers && time.Since(lastBatch) >= 10*time.Second {
+			for i := 0; i < batch; i++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					loadViewer(loadCtx, url, &active)
+				}()
+			}
+			viewers += batch
+			lastBatch = time.Now()
+		}
+		if u, _, d, err := status(); err == nil {
+			util, desired = u, d
+			if d > replicas0 {
+				decided = time.Since(start)
+				break
+			}
+		}
+		if ctx.Err() != nil || time.Since(start) > 5*time.Minute {
+			t.Fatalf("the HPA never asked for more than %d edges: %d viewers (%d connected), CPU %d%% of requests (target %s%%)",
+				replicas0, viewers, active.load(), util, target)
+		}
+		time.Sleep(time.Second)
+	}
+	nodeWait(ctx, t, fmt.Sprintf("%d ready edges", desired), 120*time.Second, func() error {
+		if n := len(readyPodIPs(t, env, "edge")); n < desired {
+			return fmt.Errorf("%d ready edges", n)
+		}
+		if n := readyEndpoints(t, env, env.release+"-edge"); n < desired {
+			return fmt.Errorf("%d ready endpoints", n)
+		}
+		return nil
+	})
+	ready := time.Since(start)
+	nodeFigure(t, "HPA: at rest %d%% CPU of requests on %d edges (target %s%%); viewers added %d per 10 s, at %d viewers (%d connected) it read %d%% and asked for %d edges %.1f s after the first viewers and %.1f s after the last batch, new edge ready in the Service %.1f s after the first viewers",
+		util0, replicas0, target, batch, viewers, active.load(), util, desired, decided.Seconds(), (decided - lastBatch.Sub(start)).Seconds(), ready.Seconds())
+}
+
+// atomicCounter counts the load viewers that are connected.
+type atomicCounter struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *atomicCounter) add(d int) { c.mu.Lock(); c.n += d; c.mu.Unlock() }
+func (c *atomicCounter) load() int { c.mu.Lock(); defer c.mu.Unlock(); return c.n }
+
+// loadViewer plays url and discards the bytes until ctx ends, reconnecting
+// after an error: load only, the checked viewers are nodeViewer.
+func loadViewer(ctx context.Context, url string, active *atomicCounter) {
+	for ctx.Err() == nil {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return
+		}
+		resp, err := nodeHTTP.Do(req)
+		if err == nil {
+			active.add(1)
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			active.add(-1)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}

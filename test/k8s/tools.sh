@@ -14,7 +14,7 @@
 # (and kubectl when the machine has none) come from the tools/k8s/kube module,
 # etcd from tools/k8s/etcd, CoreDNS from tools/k8s/coredns and the pod
 # sandbox program from tools/k8s/pause; none touches the product's go.mod.
-# kwok and helm are `go install`ed at their release tags.
+# kwok, helm and metrics-server are `go install`ed at their release tags.
 #
 # Usage: bash test/k8s/tools.sh      (prints the bin directory on its last line)
 set -euo pipefail
@@ -23,6 +23,7 @@ ETCD_VERSION=3.5.35
 KUBE_VERSION=1.32.2
 KWOK_VERSION=0.7.0
 COREDNS_VERSION=1.11.4
+METRICS_SERVER_VERSION=0.7.2
 HELM_VERSION=3.19.5
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -92,6 +93,10 @@ build_pause() {
 	(cd "$ROOT/tools/k8s/pause" && go build -trimpath -ldflags='-s -w' -o "$OUT/pause" .)
 }
 
+build_metrics_server() {
+	GOBIN=$OUT go install -trimpath -ldflags='-s -w' "sigs.k8s.io/metrics-server/cmd/metrics-server@v$METRICS_SERVER_VERSION"
+}
+
 build_kwok() {
 	GOBIN=$OUT go install -trimpath -ldflags='-s -w' "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"
 }
@@ -120,6 +125,7 @@ for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-prox
 	build "kubernetes@$KUBE_VERSION" "$b" build_kube "$b"
 done
 build "coredns@$COREDNS_VERSION" coredns build_coredns
+build "metrics-server@$METRICS_SERVER_VERSION" metrics-server build_metrics_server
 build "pause@$(cat "$ROOT/tools/k8s/pause/go.mod" "$ROOT/tools/k8s/pause/main.go" | sha256sum | cut -c1-12)" pause build_pause
 # kubectl: use the machine's when it has one (any 1.31–1.33 client works).
 if ! command -v kubectl >/dev/null 2>&1 || [[ ${K8S_TOOLS_BUILD_KUBECTL:-} == 1 ]]; then
