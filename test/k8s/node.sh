@@ -242,7 +242,12 @@ check_alive() {
 # plugin attaches pods to it. The Service range is routed onto it, so that a
 # ClusterIP packet never takes the default route, even before kube-proxy's
 # rules exist. Forwarding is enabled for this bridge only.
-ip link show "$BRIDGE" >/dev/null 2>&1 && fail "$BRIDGE already exists (another run?)"
+if ip link show "$BRIDGE" >/dev/null 2>&1; then
+	# Only this script makes it: a run killed before its teardown left it.
+	log "removing $BRIDGE left by an earlier run"
+	ip route del "$SVC_CIDR" dev "$BRIDGE" 2>/dev/null || true
+	ip link del "$BRIDGE"
+fi
 ip link add "$BRIDGE" type bridge
 ip addr add "$NODE_IP/24" dev "$BRIDGE"
 ip link set "$BRIDGE" up
