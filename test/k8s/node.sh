@@ -90,6 +90,9 @@ chmod 755 "$WORK"
 
 # --- images --------------------------------------------------------------------
 t=$SECONDS
+# The image tool's own test: build, push to a loopback registry, pull, compare.
+(cd "$ROOT/tools/image" && go test -count=1 . >"$WORK/image-tool-test.log" 2>&1) ||
+	{ cat "$WORK/image-tool-test.log"; fail "tools/image test"; }
 IMAGES=$WORK/images
 IMAGE_DIR=$IMAGES bash "$ROOT/tools/image/build.sh" >"$WORK/images.txt"
 TOOL=$IMAGES/bin/image-tool
