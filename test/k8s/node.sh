@@ -126,6 +126,11 @@ for s in "${SYSCTLS[@]}"; do SYSCTL_WAS[$s]=$(cat "/proc/sys/$s"); done
 chains_before=$WORK/chains.before
 for tbl in filter nat mangle; do iptables -t "$tbl" -S | awk -v t="$tbl" '$1=="-N"{print t, $2}'; done | sort >"$chains_before"
 netns_before=$(ip netns list 2>/dev/null | awk '{print $1}' | sort)
+# Host directories the kubelet, containerd and CNI create at fixed places
+# (children before parents); those that are new are removed at the end.
+HOST_DIRS=(/var/lib/kubelet/device-plugins /var/lib/kubelet /var/log/containers /var/lib/cni/results /var/lib/cni /var/run/netns)
+declare -A HOST_DIR_WAS=()
+for d in "${HOST_DIRS[@]}"; do [[ -e $d ]] && HOST_DIR_WAS[$d]=1; done
 SOCK=$WORK/containerd/containerd.sock
 
 stop_pid() { # stop_pid <pid>: TERM, up to 10 s, then KILL
@@ -186,6 +191,11 @@ cleanup() {
 	# Pod network namespaces the CRI left behind (containerd names them cni-*).
 	comm -13 <(echo "$netns_before") <(ip netns list 2>/dev/null | awk '{print $1}' | sort) | grep '^cni-' |
 		while read -r n; do ip netns delete "$n" 2>/dev/null; done
+	for d in "${HOST_DIRS[@]}"; do
+		[[ -n ${HOST_DIR_WAS[$d]:-} ]] && continue
+		[[ $d == /var/lib/kubelet/device-plugins ]] && rm -f "$d/kubelet.sock"
+		rmdir "$d" 2>/dev/null
+	done
 	# The shims' socket directory (containerd's default place), when empty.
 	rmdir /run/containerd/s /run/containerd 2>/dev/null
 	ip route del "$SVC_CIDR" dev "$BRIDGE" 2>/dev/null
