@@ -191,6 +191,8 @@ cleanup() {
 	# Pod network namespaces the CRI left behind (containerd names them cni-*).
 	comm -13 <(echo "$netns_before") <(ip netns list 2>/dev/null | awk '{print $1}' | sort) | grep '^cni-' |
 		while read -r n; do ip netns delete "$n" 2>/dev/null; done
+	# The kubelet's links to container logs (it may stop before removing them).
+	find /var/log/containers -maxdepth 1 -type l -lname "$WORK/*" -delete 2>/dev/null
 	for d in "${HOST_DIRS[@]}"; do
 		[[ -n ${HOST_DIR_WAS[$d]:-} ]] && continue
 		[[ $d == /var/lib/kubelet/device-plugins ]] && rm -f "$d/kubelet.sock"
