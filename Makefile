@@ -12,7 +12,7 @@ EDGE_ADDR ?= :8080
 ORIGIN_HTTP ?= 127.0.0.1:8081
 NATS_ADDR ?= 127.0.0.1:4222
 
-.PHONY: all build run test test-tools test-unit test-e2e test-k8s fuzz bench vet fmt clean
+.PHONY: all build run test test-tools test-unit test-e2e test-k8s test-node image fuzz bench vet fmt clean
 
 all: build
 
@@ -35,6 +35,13 @@ run: build
 	echo "  publish: ffmpeg -re -i in.mp4 -c:v libx264 -c:a aac -f flv rtmp://localhost:$$rp/live/mystream"; \
 	echo "           then play http://localhost:$$ep/live/mystream.flv  (Ctrl-C stops everything)"; echo; \
 	wait $$o $$e
+
+# OCI images of origin and edge without a container engine (go-containerregistry,
+# tools/image): dist/images/oci (layout) and dist/images/flvcdn-images.oci.tar,
+# named ghcr.io/flvcdn/flvcdn-{origin,edge}:<chart appVersion> as the chart's
+# defaults. `make image IMAGE_REPO=registry.example.com/me` names and pushes them there.
+image:
+	@IMAGE_REPO=$(IMAGE_REPO) IMAGE_TAG=$(IMAGE_TAG) GO=$(GO) bash tools/image/build.sh
 
 # Installs what the tests need when it is missing (Debian packages, as root).
 test-tools:
@@ -60,9 +67,17 @@ test: test-tools vet
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run 'TestChaosSlowViewersSkipThenDropOthersUnaffected' ./test/e2e/
 
 # A real control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)
-# built from the Go module proxy into .cache/, then chart and janitor checks.
+# built from the Go module proxy into ~/.cache/flvcdn, then chart and janitor
+# checks; then the chart's pods on a real node (test-node, needs root).
 test-k8s:
 	bash test/k8s/run.sh
+	bash test/k8s/node.sh
+
+# A real node (containerd, runc, CNI bridge, kubelet, kube-proxy, CoreDNS) with
+# the chart's pods running from the `make image` images; needs root. Its last
+# line starts with "real node:". See test/k8s/node.sh.
+test-node:
+	bash test/k8s/node.sh
 
 # Runs every fuzz target for FUZZTIME each.
 fuzz:

@@ -10,10 +10,11 @@
 # ~15 minutes on 2 cores. The versions are pinned exactly: newer ones may be
 # missing from the module proxy mirror reachable here (see shared/k8s/NOTES.md).
 #
-# kube-apiserver, kube-controller-manager, kube-scheduler (and kubectl when the
-# machine has none) come from the tools/k8s/kube module, etcd from the
-# tools/k8s/etcd module; neither touches the product's go.mod. kwok and helm
-# are `go install`ed at their release tags.
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy
+# (and kubectl when the machine has none) come from the tools/k8s/kube module,
+# etcd from tools/k8s/etcd, CoreDNS from tools/k8s/coredns and the pod
+# sandbox program from tools/k8s/pause; none touches the product's go.mod.
+# kwok, helm and metrics-server are `go install`ed at their release tags.
 #
 # Usage: bash test/k8s/tools.sh      (prints the bin directory on its last line)
 set -euo pipefail
@@ -21,6 +22,8 @@ set -euo pipefail
 ETCD_VERSION=3.5.35
 KUBE_VERSION=1.32.2
 KWOK_VERSION=0.7.0
+COREDNS_VERSION=1.11.4
+METRICS_SERVER_VERSION=0.7.2
 HELM_VERSION=3.19.5
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -80,6 +83,20 @@ build_kube() { # build_kube <binary>
 	(cd "$ROOT/tools/k8s/kube" && go build -trimpath -ldflags="$KUBE_LDFLAGS" -o "$OUT/$1" "k8s.io/kubernetes/cmd/$1")
 }
 
+build_coredns() {
+	(cd "$ROOT/tools/k8s/coredns" && go build -trimpath -ldflags='-s -w' -o "$OUT/coredns" .)
+}
+
+# The pod sandbox program of the real node (node.sh); keyed by the hash of its
+# source, since it has no release version.
+build_pause() {
+	(cd "$ROOT/tools/k8s/pause" && go build -trimpath -ldflags='-s -w' -o "$OUT/pause" .)
+}
+
+build_metrics_server() {
+	GOBIN=$OUT go install -trimpath -ldflags='-s -w' "sigs.k8s.io/metrics-server/cmd/metrics-server@v$METRICS_SERVER_VERSION"
+}
+
 build_kwok() {
 	GOBIN=$OUT go install -trimpath -ldflags='-s -w' "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"
 }
@@ -104,9 +121,12 @@ start=$SECONDS
 build "etcd@$ETCD_VERSION" etcd build_etcd
 build "helm@$HELM_VERSION" helm build_helm
 build "kwok@$KWOK_VERSION" kwok build_kwok
-for b in kube-apiserver kube-controller-manager kube-scheduler; do
+for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
 	build "kubernetes@$KUBE_VERSION" "$b" build_kube "$b"
 done
+build "coredns@$COREDNS_VERSION" coredns build_coredns
+build "metrics-server@$METRICS_SERVER_VERSION" metrics-server build_metrics_server
+build "pause@$(cat "$ROOT/tools/k8s/pause/go.mod" "$ROOT/tools/k8s/pause/main.go" | sha256sum | cut -c1-12)" pause build_pause
 # kubectl: use the machine's when it has one (any 1.31–1.33 client works).
 if ! command -v kubectl >/dev/null 2>&1 || [[ ${K8S_TOOLS_BUILD_KUBECTL:-} == 1 ]]; then
 	build "kubernetes@$KUBE_VERSION" kubectl build_kube kubectl
