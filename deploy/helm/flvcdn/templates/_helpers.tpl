@@ -106,6 +106,13 @@ NATS URL and the Redis URL. Credentials only ever come from Secrets.
       fieldPath: status.podIP
 - name: FLVCDN_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
+{{- with .Values.api.existingSecret }}
+- name: FLVCDN_API_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.api.existingSecretKey }}
+{{- end }}
 {{- if .Values.nats.enabled }}
 - name: FLVCDN_NATS_URL
   value: {{ printf "nats://%s-nats:4222" (include "flvcdn.fullname" .) | quote }}
@@ -237,5 +244,28 @@ Deployments: natsMounts goes under volumeMounts, natsVolumes under volumes.
 - name: nats-ca
   secret:
     secretName: {{ .Values.nats.external.tlsCASecret }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Callback settings of one component: (dict "ctx" . "url" URL). Nothing when URL is
+empty (the binaries refuse a hook secret without a hook URL).
+*/}}
+{{- define "flvcdn.hookEnv" -}}
+{{- $v := .ctx.Values.hooks }}
+{{- if .url }}
+- name: FLVCDN_HOOK_URL
+  value: {{ .url | quote }}
+- name: FLVCDN_HOOK_TIMEOUT
+  value: {{ $v.timeout | quote }}
+- name: FLVCDN_HOOK_FAIL_OPEN
+  value: {{ $v.failOpen | toString | quote }}
+{{- with $v.existingSecret }}
+- name: FLVCDN_HOOK_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $v.existingSecretKey }}
+{{- end }}
 {{- end }}
 {{- end -}}
