@@ -39,8 +39,8 @@ import (
 	"time"
 
 	"github.com/flvcdn/flvcdn/pkg/flv"
-	"github.com/flvcdn/flvcdn/pkg/stream"
 	"github.com/flvcdn/flvcdn/pkg/probe"
+	"github.com/flvcdn/flvcdn/pkg/stream"
 )
 
 type nodeEnv struct {
