@@ -120,10 +120,7 @@ func run(c *Config, log *slog.Logger) error {
 	}
 	if hooks != nil {
 		// Stop notifications are sent until every viewer writer has finished (below).
-		hookCtx, stopHooks := context.WithCancel(context.Background())
-		hooksDone := make(chan struct{})
-		go func() { defer close(hooksDone); hooks.Run(hookCtx) }()
-		defer func() { stopHooks(); <-hooksDone }()
+		defer hooks.Start()()
 		log.Info("play callbacks on", "url", hooks.URL(), "timeout", c.Hook.Timeout, "fail_open", c.Hook.FailOpen, "signed", c.Hook.Secret != "")
 	}
 	flv := &httpflv.Server{Hub: hub, Log: log, CORSOrigin: c.CORSOrigin, WriteTimeout: c.WriteTimeout, PlaySecret: c.PlaySecret, SendBuffer: c.SendBuffer, BaseContext: ctx, Hook: hooks}

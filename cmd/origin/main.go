@@ -142,10 +142,7 @@ func run(c *Config, log *slog.Logger) error {
 	}
 	if hooks != nil {
 		// Unpublish notifications are sent until every session has closed (below).
-		hookCtx, stopHooks := context.WithCancel(context.Background())
-		hooksDone := make(chan struct{})
-		go func() { defer close(hooksDone); hooks.Run(hookCtx) }()
-		defer func() { stopHooks(); <-hooksDone }()
+		defer hooks.Start()()
 		log.Info("publish callbacks on", "url", hooks.URL(), "timeout", c.Hook.Timeout, "fail_open", c.Hook.FailOpen, "signed", c.Hook.Secret != "")
 	}
 	o, err := origin.New(ctx, origin.Config{ID: c.ID, Addr: c.RTMPAddr, TTL: c.TTL, PublishSecret: c.PublishSecret, MaxPublishers: c.MaxPublishers, Hook: hooks}, pub, store, log)

@@ -240,6 +240,15 @@ func (c *Client) Notify(ev Event) {
 	}
 }
 
+// Start runs the notification workers (Run) until the returned stop is called;
+// stop waits for them, so what was queued has been sent (or given up) when it returns.
+func (c *Client) Start() (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	return func() { cancel(); <-done }
+}
+
 // Run delivers queued notifications with Workers workers until ctx ends. Then it
 // spends at most one Timeout on what is still queued (one attempt each) and returns.
 func (c *Client) Run(ctx context.Context) {
