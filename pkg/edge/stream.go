@@ -110,7 +110,8 @@ type Stream struct {
 	graceAt    time.Time // zero while the publisher is live
 	retryAt    time.Time // next snapshot attempt after a failure
 	timeline   flv.Timeline
-	mediaOut   bool // a media tag has been put on the timeline
+	mediaOut   bool  // a media tag has been put on the timeline
+	failed     error // the stream could not be joined: joins get this until the actor stops
 }
 
 // waiter is a viewer waiting for the stream to have a start point.
@@ -234,15 +235,15 @@ func (s *Stream) onResolved(r resolved) {
 	}
 }
 
-// fail answers every waiter with err; with no viewers the actor then stops.
+// fail answers every waiter with err, and every viewer who asks until the actor
+// stops at its next housekeeping (a Watch racing the answer must get it too, not
+// find the actor gone).
 func (s *Stream) fail(err error) {
 	for _, w := range s.waiters {
 		w.res <- viewerResult{err: err}
 	}
 	s.waiters = nil
-	if s.viewers == 0 {
-		s.setState(stateClosed)
-	}
+	s.failed = err
 }
 
 // onOwnerEvent: the registry says an origin went down or a stream was unpublished.
@@ -455,7 +456,7 @@ func (s *Stream) housekeep(now time.Time) {
 	idle := s.viewers == 0 && len(s.waiters) == 0
 	switch s.state {
 	case stateResolving, stateJoining:
-		if idle && now.Sub(s.pullStart) > s.hub.cfg.JoinTimeout {
+		if idle && (s.failed != nil || now.Sub(s.pullStart) > s.hub.cfg.JoinTimeout) {
 			s.setState(stateClosed) // never joined and nobody waits any more
 			return
 		}
@@ -505,6 +506,10 @@ func (s *Stream) stop() {
 // onJoin registers a viewer, or refuses it at the stream's limit (exact: the
 // actor counts viewers and waiters one request at a time).
 func (s *Stream) onJoin(r joinReq) {
+	if s.failed != nil {
+		r.res <- viewerResult{err: s.failed}
+		return
+	}
 	if max := s.hub.cfg.MaxViewersPerStream; max > 0 && s.viewers+len(s.waiters) >= max {
 		viewerRefused.WithLabelValues("stream-limit").Inc()
 		r.res <- viewerResult{err: fmt.Errorf("%s: stream limit of %d: %w", s.name, max, ErrTooManyViewers)}
