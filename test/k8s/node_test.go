@@ -30,7 +30,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -82,7 +81,7 @@ func TestNode(t *testing.T) {
 	lbURL := "http://" + env.lbIP + ":80" + path
 
 	// --- publish through the origin Service ----------------------------------
-	media := nodeMedia(t)
+	media := makeMedia(t)
 	pub := startPublisher(ctx, t, media, publishURL)
 	defer pub.stop()
 
@@ -637,20 +636,6 @@ func nodeMustEnv(t *testing.T, k string) string {
 	return v
 }
 
-// nodeMedia writes 10 s of H.264 + AAC test pattern with a keyframe a second.
-func nodeMedia(t *testing.T) string {
-	t.Helper()
-	out := filepath.Join(t.TempDir(), "av.flv")
-	args := []string{"-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-		"-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
-		"-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-g", "25", "-keyint_min", "25", "-sc_threshold", "0",
-		"-c:a", "aac", "-b:a", "64k", "-t", "10", "-f", "flv", out}
-	if b, err := exec.Command("ffmpeg", args...).CombinedOutput(); err != nil {
-		t.Fatalf("ffmpeg: %v\n%s", err, b)
-	}
-	return out
-}
-
 // TestNodeHPA is step 6, run by node.sh once metrics-server serves the
 // metrics API: viewer load through the edge Service raises the edges' CPU past
 // the HPA's target, and the HPA adds an edge. Viewers are added in batches
@@ -712,7 +697,7 @@ func TestNodeHPA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub := startPublisher(ctx, t, nodeMedia(t), fmt.Sprintf("rtmp://%s:1935/%s?key=%s", originIP, name, stream.PublishKey(string(secret), name)))
+	pub := startPublisher(ctx, t, makeMedia(t), fmt.Sprintf("rtmp://%s:1935/%s?key=%s", originIP, name, stream.PublishKey(string(secret), name)))
 	defer pub.stop()
 	url := "http://" + edgeIP + ":80/" + string(name) + ".flv"
 	probe := startNodeViewer(ctx, url, false)
