@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os/signal"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -30,6 +31,10 @@ import (
 type Config struct {
 	conf.Common
 	HTTPAddr     string
+	HTTPSAddr    string
+	TLSCert      string
+	TLSKey       string
+	H2C          bool
 	CORSOrigin   string
 	PlaySecret   string
 	SendBuffer   int
@@ -45,6 +50,10 @@ func parse(args []string) (*Config, error) {
 	fs := flag.NewFlagSet("flvcdn-edge", flag.ContinueOnError)
 	c.Register(fs, "edge")
 	fs.StringVar(&c.HTTPAddr, "http-addr", ":8080", "playback, page, /healthz, /readyz and /metrics address")
+	fs.StringVar(&c.HTTPSAddr, "https-addr", ":8443", "HTTPS address (HTTP/1.1 and HTTP/2 by ALPN, wss://), served when --tls-cert and --tls-key are set")
+	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM certificate (chain) for --https-addr; reloaded when the file changes")
+	fs.StringVar(&c.TLSKey, "tls-key", "", "PEM private key for --tls-cert; reloaded with it")
+	fs.BoolVar(&c.H2C, "h2c", false, "also accept unencrypted HTTP/2 (prior knowledge) on --http-addr, for load balancers that speak h2c")
 	fs.StringVar(&c.CORSOrigin, "cors-origin", "*", "Access-Control-Allow-Origin for playback; empty disables CORS")
 	fs.DurationVar(&c.DrainGrace, "drain-grace", 10*time.Second, "on SIGTERM, how long viewers keep playing before they are closed")
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", 10*time.Second, "drop a viewer whose socket accepts nothing for this long")
@@ -63,6 +72,17 @@ func parse(args []string) (*Config, error) {
 	}
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("--http-addr %q: %w", c.HTTPAddr, err)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return nil, errors.New("--tls-cert and --tls-key: set both or neither")
+	}
+	if c.TLSCert != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPSAddr); err != nil {
+			return nil, fmt.Errorf("--https-addr %q: %w", c.HTTPSAddr, err)
+		}
+		if _, err := httpflv.NewCertReloader(c.TLSCert, c.TLSKey, slog.Default()); err != nil {
+			return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
 	}
 	if c.Hub.MergeWindow < time.Millisecond || c.Hub.MergeWindow > time.Second {
 		return nil, fmt.Errorf("--merge-window %s: must be between 1ms and 1s", c.Hub.MergeWindow)
@@ -157,19 +177,50 @@ func run(c *Config, log *slog.Logger) error {
 		MaxHeaderBytes:    16 << 10,
 		IdleTimeout:       time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		Protocols:         new(http.Protocols),
+	}
+	hs.Protocols.SetHTTP1(true)
+	hs.Protocols.SetUnencryptedHTTP2(c.H2C)
+	servers := []*http.Server{hs}
+	var tlsLn net.Listener
+	if c.TLSCert != "" {
+		certs, err := httpflv.NewCertReloader(c.TLSCert, c.TLSKey, log)
+		if err != nil {
+			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+		if tlsLn, err = net.Listen("tcp", c.HTTPSAddr); err != nil {
+			ln.Close()
+			return fmt.Errorf("--https-addr: %w", err)
+		}
+		servers = append(servers, &http.Server{
+			Handler:           mux,
+			TLSConfig:         certs.TLSConfig(),
+			ReadHeaderTimeout: hs.ReadHeaderTimeout,
+			MaxHeaderBytes:    hs.MaxHeaderBytes,
+			IdleTimeout:       hs.IdleTimeout,
+			ErrorLog:          hs.ErrorLog,
+		})
 	}
 	reports := make(chan error, 1)
 	go func() {
 		reports <- cluster.Run(ctx, cl, view, cluster.EdgeReport(c.ID, hub, flv.BytesOut, draining.Load), log)
 	}()
-	errc := make(chan error, 1)
+	errc := make(chan error, len(servers))
 	go func() {
 		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("http: %w", err)
 		}
-		close(errc)
 	}()
-	log.Info("edge ready", "id", c.ID, "http", ln.Addr().String(), "registry", c.RegistryKind(), "nats", nc.ConnectedUrlRedacted())
+	https := ""
+	if tlsLn != nil {
+		https = tlsLn.Addr().String()
+		go func() {
+			if err := servers[1].ServeTLS(tlsLn, "", ""); !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("https: %w", err)
+			}
+		}()
+	}
+	log.Info("edge ready", "id", c.ID, "http", ln.Addr().String(), "https", https, "h2c", c.H2C, "registry", c.RegistryKind(), "nats", nc.ConnectedUrlRedacted())
 
 	select {
 	case <-sigs.Done():
@@ -179,7 +230,13 @@ func run(c *Config, log *slog.Logger) error {
 		draining.Store(true)
 		log.Info("draining", "grace", c.DrainGrace, "viewers", hub.Viewers())
 		shutdown, done := context.WithTimeout(context.Background(), c.DrainGrace)
-		_ = hs.Shutdown(shutdown) // returns at once: hijacked viewers are not tracked
+		// Shutdown returns at once for hijacked viewers (HTTP/1.1, WebSocket), which
+		// are not tracked; HTTP/2 viewers are handlers and hold it until the grace ends.
+		var sd sync.WaitGroup
+		for _, srv := range servers {
+			sd.Go(func() { _ = srv.Shutdown(shutdown) })
+		}
+		sd.Wait()
 		tick := time.NewTicker(100 * time.Millisecond)
 		for hub.Viewers() > 0 && shutdown.Err() == nil {
 			select {

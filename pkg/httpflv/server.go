@@ -1,7 +1,9 @@
 // Package httpflv serves live streams as HTTP-FLV: a never-ending response made of
 // the FLV header and then tags. On HTTP/1.1 it takes over the connection and writes
-// each viewer's queued tags as one chunk in one writev. This is the one place where
-// viewer bytes are written; it never parses or copies tags.
+// each viewer's queued tags as one chunk in one writev. The same URL also serves
+// WebSocket-FLV (ws.go) and HTTP/2 (h2.go), over TLS with a reloaded certificate
+// (tls.go). This is the one place where viewer bytes are written; it never parses
+// tags, and copies them only where a transport's library requires it (h2.go, ws.go).
 package httpflv
 
 import (
@@ -145,6 +147,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.stopped(pl, 0)
 		return
 	}
+	if isWebSocket(r) { // WebSocket-FLV: same path, same checks, see ws.go
+		s.serveWS(w, r, v, name, pl)
+		return
+	}
 	setFLVHeaders(h)
 	if r.ProtoAtLeast(1, 1) && r.ProtoMajor == 1 {
 		if hj, ok := w.(http.Hijacker); ok {
@@ -153,7 +159,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	defer v.Close()
-	s.stopped(pl, s.serveFlushed(r, w, v, name))
+	s.stopped(pl, s.serveGathered(r, w, v, name)) // HTTP/2 and HTTP/1.0, see h2.go
 }
 
 // play is one viewer's play, as its callbacks see it.
@@ -210,6 +216,7 @@ func (s *Server) hijack(hdr http.Header, hj http.Hijacker, v *edge.Viewer, name 
 	if ctx == nil {
 		ctx = context.Background()
 	}
+	plays.WithLabelValues("http/1.1").Inc()
 	s.writers.Add(1)
 	go func() {
 		defer s.writers.Done()
@@ -343,34 +350,5 @@ func (s *Server) finish(conn *viewerConn, name stream.Name, err error) {
 	}
 	if errors.Is(err, edge.ErrTooSlow) {
 		s.Log.Info("viewer dropped: too slow", "stream", name)
-	}
-}
-
-// serveFlushed is the fallback for HTTP/1.0 and HTTP/2: the ResponseWriter frames it.
-// It returns the FLV bytes written.
-func (s *Server) serveFlushed(r *http.Request, w http.ResponseWriter, v *edge.Viewer, name stream.Name) (written int64) {
-	rc := http.NewResponseController(w)
-	w.WriteHeader(http.StatusOK)
-	ctx := r.Context()
-	var bufs net.Buffers
-	for {
-		var err error
-		bufs, err = v.Next(ctx, bufs[:0])
-		_ = rc.SetWriteDeadline(time.Now().Add(s.writeTimeout()))
-		for _, b := range bufs {
-			if _, werr := w.Write(b); werr != nil {
-				s.dropped(name, werr)
-				return written
-			}
-			bytesOut.Add(float64(len(b)))
-			written += int64(len(b))
-			s.written.Add(uint64(len(b)))
-		}
-		if ferr := rc.Flush(); ferr != nil {
-			return written
-		}
-		if err != nil {
-			return written
-		}
 	}
 }

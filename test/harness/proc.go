@@ -1,8 +1,8 @@
 // Package harness is what the end-to-end suite (test/e2e), the load generator
 // (test/bench) and the Kubernetes checks (test/k8s) share to run real processes:
 // starting a child with its output kept, stopping it by its own PID (SIGTERM, then
-// SIGKILL), free loopback ports, and polling a condition until a deadline, with the
-// last error in the report. Package tests elsewhere use its polling helper too.
+// SIGKILL), free loopback ports, self-signed certificates for TLS on loopback, and
+// polling a condition until a deadline, with the last error in the report. Package tests elsewhere use its polling helper too.
 //
 // It never kills a process it did not start, and never targets an address other
 // than loopback.

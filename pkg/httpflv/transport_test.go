@@ -1,0 +1,579 @@
+package httpflv
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/flvcdn/flvcdn/pkg/bus"
+	"github.com/flvcdn/flvcdn/pkg/edge"
+	"github.com/flvcdn/flvcdn/pkg/flv"
+	"github.com/flvcdn/flvcdn/pkg/origin"
+	"github.com/flvcdn/flvcdn/pkg/registry"
+	"github.com/flvcdn/flvcdn/pkg/stream"
+	"github.com/flvcdn/flvcdn/test/harness"
+)
+
+// rig is an origin and an edge hub in one process over a real (embedded) NATS server
+// and the JetStream KV registry, with the edge's Server on a plain listener (HTTP/1.x
+// and h2c) and a TLS one (HTTP/1.1 and HTTP/2 by ALPN).
+type rig struct {
+	ctx     context.Context
+	origin  *origin.Origin
+	srv     *Server
+	cert    *harness.Cert
+	plain   string // host:port
+	secure  string
+	conns   atomic.Int64 // connections accepted by both listeners
+	stopSrv context.CancelFunc
+}
+
+func testLog() *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+func newTransportRig(t *testing.T, hubCfg edge.Config, srv *Server) *rig {
+	t.Helper()
+	ns, err := bus.StartEmbedded("127.0.0.1:0", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	log := testLog()
+	nc, err := bus.Connect(bus.ConnOptions{URL: ns.URL(), Name: "test"}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	ctx, cancel := context.WithCancel(context.Background())
+	store, err := registry.Open(ctx, "", nc, "flvcdn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := bus.NewPublisher(nc, "origin-a", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := origin.New(ctx, origin.Config{ID: "origin-a", TTL: time.Second}, pub, store, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = o.Run(ctx) }()
+	hubCfg.JoinTimeout, hubCfg.SnapshotTimeout = 30*time.Second, 10*time.Second
+	if hubCfg.MergeWindow == 0 {
+		hubCfg.MergeWindow = 20 * time.Millisecond
+	}
+	hub, err := edge.NewHub(ctx, hubCfg, bus.NewSubscriber(nc), store, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvCtx, stopSrv := context.WithCancel(ctx)
+	srv.Hub, srv.Log, srv.BaseContext = hub, log, srvCtx
+	r := &rig{ctx: ctx, origin: o, srv: srv, stopSrv: stopSrv}
+	if r.cert, err = harness.SelfSigned(t.TempDir(), "edge", 1); err != nil {
+		t.Fatal(err)
+	}
+	certs, err := NewCertReloader(r.cert.CertFile, r.cert.KeyFile, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			r.conns.Add(1)
+		}
+	}
+	plain := &http.Server{Handler: srv, ConnState: count, Protocols: new(http.Protocols)}
+	plain.Protocols.SetHTTP1(true)
+	plain.Protocols.SetUnencryptedHTTP2(true)
+	secure := &http.Server{Handler: srv, ConnState: count, TLSConfig: certs.TLSConfig()}
+	lp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.plain, r.secure = lp.Addr().String(), ls.Addr().String()
+	go func() { _ = plain.Serve(lp) }()
+	go func() { _ = secure.ServeTLS(ls, "", "") }()
+	t.Cleanup(func() {
+		plain.Close()
+		secure.Close()
+		cancel()
+		srv.Wait()
+		hub.Wait()
+		o.Wait()
+		<-done
+	})
+	return r
+}
+
+// live publishes a synthetic H.264/AAC stream at 25 fps (a keyframe every 10 frames)
+// until the returned stop is called (which ends the stream) or the test ends.
+func (r *rig) live(t *testing.T, name string) (stop func()) {
+	t.Helper()
+	n, _ := stream.ParseName(name)
+	s, err := r.origin.Publish(r.ctx, n, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tag := range []struct {
+		typ  byte
+		body []byte
+	}{{flv.TypeScript, metadata()}, {flv.TypeVideo, []byte{0x17, 0, 0, 0, 0, 1, 0x64, 0, 0x1f}}, {flv.TypeAudio, []byte{0xAF, 0, 0x12, 0x10}}} {
+		if err := s.WriteTag(tag.typ, 0, tag.body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(r.ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		tick := time.NewTicker(40 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			body := make([]byte, 3000) // larger than the 4 KiB buffers' leftover now and then
+			body[0], body[1] = 0x27, 1
+			if i%10 == 0 {
+				body[0] = 0x17
+			}
+			ts := uint32(i * 40)
+			if s.WriteTag(flv.TypeVideo, ts, body) != nil || s.WriteTag(flv.TypeAudio, ts, []byte{0xAF, 1, 0x21, 0x10}) != nil {
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			wg.Wait()
+			s.Close(r.ctx)
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func metadata() []byte {
+	b := append([]byte{2, 0, 10}, "onMetaData"...)
+	b = append(b, 8, 0, 0, 0, 2)
+	for _, k := range []string{"videocodecid", "audiocodecid"} {
+		b = append(b, 0, byte(len(k)))
+		b = append(b, k...)
+		b = append(b, 0, 0x40, 0x1c, 0, 0, 0, 0, 0, 0)
+	}
+	return append(b, 0, 0, 9)
+}
+
+// checkFLV parses b strictly and asserts the join order: FLV header with both tracks,
+// metadata, sequence headers, then video from a keyframe, timestamps never going back.
+// It returns the number of video tags.
+func checkFLV(t *testing.T, what string, b []byte) int {
+	t.Helper()
+	r := flv.NewReader(bytes.NewReader(b), 0)
+	if err := r.ReadHeader(); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	if r.Flags != flv.FlagAudio|flv.FlagVideo {
+		t.Fatalf("%s: header flags %#x", what, r.Flags)
+	}
+	var kinds []flv.Kind
+	video, last, seenKey := 0, uint32(0), false
+	for {
+		tg, err := r.ReadTag()
+		if err != nil {
+			break // the read stopped mid-tag
+		}
+		k := flv.Classify(tg.Type(), tg.Body())
+		kinds = append(kinds, k)
+		if len(kinds) > 3 {
+			if tg.Type() == flv.TypeVideo {
+				if !seenKey && k != flv.KindKeyframe {
+					t.Fatalf("%s: video before the first keyframe", what)
+				}
+				seenKey, video = true, video+1
+			}
+			if tg.Timestamp() < last {
+				t.Fatalf("%s: timestamp %d after %d", what, tg.Timestamp(), last)
+			}
+			last = tg.Timestamp()
+		}
+	}
+	if len(kinds) < 3 || kinds[0] != flv.KindMetadata || kinds[1] != flv.KindVideoHeader || kinds[2] != flv.KindAudioHeader {
+		t.Fatalf("%s: first tags %v", what, kinds)
+	}
+	return video
+}
+
+// clients are the ways a player reaches the edge over HTTP.
+type client struct {
+	name, proto string // proto: what resp.Proto must be
+	scheme      string
+	c           *http.Client
+}
+
+func (r *rig) clients() []client {
+	h1 := &http.Transport{Protocols: new(http.Protocols)}
+	h1.Protocols.SetHTTP1(true)
+	h2c := &http.Transport{Protocols: new(http.Protocols)}
+	h2c.Protocols.SetUnencryptedHTTP2(true)
+	tlsConf := &tls.Config{RootCAs: r.cert.Pool()}
+	h1s := &http.Transport{TLSClientConfig: tlsConf, Protocols: new(http.Protocols)}
+	h1s.Protocols.SetHTTP1(true)
+	h2s := &http.Transport{TLSClientConfig: tlsConf, Protocols: new(http.Protocols)}
+	h2s.Protocols.SetHTTP2(true)
+	return []client{
+		{"http/1.1", "HTTP/1.1", "http", &http.Client{Transport: h1}},
+		{"h2c", "HTTP/2.0", "http", &http.Client{Transport: h2c}},
+		{"https/1.1", "HTTP/1.1", "https", &http.Client{Transport: h1s}},
+		{"h2", "HTTP/2.0", "https", &http.Client{Transport: h2s}},
+	}
+}
+
+func (r *rig) url(scheme, path string) string {
+	switch scheme {
+	case "http", "ws":
+		return scheme + "://" + r.plain + path
+	}
+	return scheme + "://" + r.secure + path
+}
+
+// readAtLeast reads from rd until n bytes came or the deadline passed.
+func readAtLeast(t *testing.T, what string, rd io.Reader, n int) []byte {
+	t.Helper()
+	b := make([]byte, n)
+	if _, err := io.ReadFull(rd, b); err != nil {
+		t.Fatalf("%s: read: %v", what, err)
+	}
+	return b
+}
+
+// wsReader reads binary messages as one byte stream and counts them.
+type wsReader struct {
+	ctx  context.Context
+	c    *websocket.Conn
+	cur  io.Reader
+	msgs int
+}
+
+func (w *wsReader) Read(p []byte) (int, error) {
+	for {
+		if w.cur != nil {
+			n, err := w.cur.Read(p)
+			if n > 0 || !errors.Is(err, io.EOF) {
+				return n, err
+			}
+		}
+		typ, rd, err := w.c.Reader(w.ctx)
+		if err != nil {
+			return 0, err
+		}
+		if typ != websocket.MessageBinary {
+			return 0, fmt.Errorf("message type %v, want binary", typ)
+		}
+		w.cur, w.msgs = rd, w.msgs+1
+	}
+}
+
+func (r *rig) dialWS(ctx context.Context, scheme, path string, hdr http.Header) (*websocket.Conn, *http.Response, error) {
+	o := &websocket.DialOptions{HTTPHeader: hdr}
+	if scheme == "wss" {
+		o.HTTPClient = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: r.cert.Pool()}}}
+	}
+	return websocket.Dial(ctx, r.url(scheme, path), o)
+}
+
+// Every transport plays the same stream from its keyframe, with the same join order.
+// Over HTTP/2 one connection carries several streams at once; HTTP/1.0 gets a body
+// delimited by the connection's close; WebSocket gets the byte stream in binary
+// messages, about one per merge window.
+func TestEveryTransportPlays(t *testing.T) {
+	r := newTransportRig(t, edge.Config{}, &Server{CORSOrigin: "*"})
+	for _, n := range []string{"live/a", "live/b", "live/c"} {
+		r.live(t, n)
+	}
+	const want = 48 << 10 // about 0.6 s of this stream, past the join burst
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, c := range r.clients() {
+		t.Run(c.name, func(t *testing.T) {
+			before := r.conns.Load()
+			// One request first: a Transport with no connection yet dials one per
+			// request that arrives meanwhile.
+			if resp, err := c.c.Head(r.url(c.scheme, "/live/a.flv")); err != nil {
+				t.Fatal(err)
+			} else {
+				resp.Body.Close()
+			}
+			var wg sync.WaitGroup
+			for _, n := range []string{"live/a", "live/b", "live/c"} {
+				wg.Go(func() {
+					req, _ := http.NewRequestWithContext(ctx, "GET", r.url(c.scheme, "/"+n+".flv"), nil)
+					resp, err := c.c.Do(req)
+					if err != nil {
+						t.Errorf("%s: %v", n, err)
+						return
+					}
+					defer resp.Body.Close()
+					if resp.StatusCode != 200 || resp.Proto != c.proto || resp.Header.Get("Content-Type") != "video/x-flv" {
+						t.Errorf("%s: %s %s %q", n, resp.Proto, resp.Status, resp.Header.Get("Content-Type"))
+						return
+					}
+					if v := checkFLV(t, c.name+" "+n, readAtLeast(t, n, resp.Body, want)); v < 5 {
+						t.Errorf("%s: %d video tags", n, v)
+					}
+				})
+			}
+			wg.Wait()
+			conns := r.conns.Load() - before
+			if c.proto == "HTTP/2.0" && conns != 1 {
+				t.Errorf("3 streams over HTTP/2 took %d connections, want 1", conns)
+			}
+			if c.proto == "HTTP/1.1" && conns < 3 {
+				t.Errorf("3 streams over HTTP/1.1 took %d connections, want at least 3", conns)
+			}
+		})
+	}
+	t.Run("http/1.0", func(t *testing.T) {
+		conn, err := net.Dial("tcp", r.plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+		fmt.Fprintf(conn, "GET /live/a.flv HTTP/1.0\r\nHost: %s\r\n\r\n", r.plain)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 || resp.Proto != "HTTP/1.0" || len(resp.TransferEncoding) != 0 || resp.ContentLength != -1 || !resp.Close {
+			t.Fatalf("HTTP/1.0: %s %s, transfer-encoding %v, length %d, close %v", resp.Proto, resp.Status, resp.TransferEncoding, resp.ContentLength, resp.Close)
+		}
+		checkFLV(t, "http/1.0", readAtLeast(t, "http/1.0", resp.Body, want))
+	})
+	for _, scheme := range []string{"ws", "wss"} {
+		t.Run(scheme, func(t *testing.T) {
+			c, resp, err := r.dialWS(ctx, scheme, "/live/b.flv", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.CloseNow()
+			if resp.StatusCode != http.StatusSwitchingProtocols {
+				t.Fatalf("status %d", resp.StatusCode)
+			}
+			start := time.Now()
+			wr := &wsReader{ctx: ctx, c: c}
+			b := readAtLeast(t, scheme, wr, want)
+			elapsed := time.Since(start)
+			checkFLV(t, scheme, b)
+			// One message per merge window (20 ms here) at most, plus the join burst.
+			if most := int(elapsed/(20*time.Millisecond)) + 3; wr.msgs > most {
+				t.Errorf("%d messages in %v: more than one per merge window", wr.msgs, elapsed)
+			}
+			t.Logf("%d bytes in %d messages over %v", len(b), wr.msgs, elapsed.Round(time.Millisecond))
+		})
+	}
+}
+
+// HEAD, OPTIONS, CORS, Range: bytes=0-, Icy-MetaData and 404 answer the same on every
+// HTTP transport; the WebSocket handshake gets the same refusals as a GET.
+func TestSurfaceIsTheSameOnEveryTransport(t *testing.T) {
+	const secret = "k"
+	r := newTransportRig(t, edge.Config{}, &Server{CORSOrigin: "*", PlaySecret: secret})
+	r.live(t, "live/a")
+	sign := func(path string) string {
+		exp := time.Now().Add(time.Hour).Unix()
+		return fmt.Sprintf("%s?expires=%d&sig=%s", path, exp, stream.SignPlay(secret, path, exp))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cases := []struct {
+		method, path string
+		hdr          map[string]string
+		code         int
+		contentType  string
+		allow        string // Allow header
+	}{
+		{"HEAD", sign("/live/a.flv"), nil, 200, "video/x-flv", ""},
+		{"HEAD", sign("/live/none.flv"), nil, 404, "text/plain; charset=utf-8", ""},
+		{"OPTIONS", "/live/a.flv", nil, 204, "", "GET, HEAD, OPTIONS"},
+		{"GET", sign("/live/none.flv"), nil, 404, "text/plain; charset=utf-8", ""},
+		{"GET", "/live/a.flv", nil, 403, "text/plain; charset=utf-8", ""},
+		{"GET", sign("/live/a.flv"), map[string]string{"Range": "bytes=0-", "Icy-MetaData": "1"}, 200, "video/x-flv", ""},
+		{"POST", sign("/live/a.flv"), nil, 405, "text/plain; charset=utf-8", "GET, HEAD, OPTIONS"},
+	}
+	for _, c := range r.clients() {
+		for _, tc := range cases {
+			req, _ := http.NewRequestWithContext(ctx, tc.method, r.url(c.scheme, tc.path), nil)
+			for k, v := range tc.hdr {
+				req.Header.Set(k, v)
+			}
+			resp, err := c.c.Do(req)
+			if err != nil {
+				t.Errorf("%s %s %s: %v", c.name, tc.method, tc.path, err)
+				continue
+			}
+			if tc.code == 200 && tc.method == "GET" {
+				checkFLV(t, c.name+" ranged GET", readAtLeast(t, "ranged GET", resp.Body, 16<<10))
+			}
+			resp.Body.Close()
+			h := resp.Header
+			if resp.StatusCode != tc.code || resp.Proto != c.proto || h.Get("Content-Type") != tc.contentType ||
+				h.Get("Allow") != tc.allow || h.Get("Access-Control-Allow-Origin") != "*" || h.Get("Content-Range") != "" {
+				t.Errorf("%s %s %s: %s %s, headers %v", c.name, tc.method, tc.path, resp.Proto, resp.Status, h)
+			}
+		}
+	}
+	for _, scheme := range []string{"ws", "wss"} {
+		for path, code := range map[string]int{sign("/live/none.flv"): 404, "/live/a.flv": 403} {
+			_, resp, err := r.dialWS(ctx, scheme, path, nil)
+			if err == nil || resp == nil || resp.StatusCode != code {
+				t.Errorf("%s %s: %v, want status %d", scheme, path, err, code)
+			}
+		}
+		c, _, err := r.dialWS(ctx, scheme, sign("/live/a.flv"), http.Header{"Origin": {"https://elsewhere.example"}})
+		if err != nil {
+			t.Errorf("%s from another origin with CORS *: %v", scheme, err)
+			continue
+		}
+		checkFLV(t, scheme, readAtLeast(t, scheme, &wsReader{ctx: ctx, c: c}, 16<<10))
+		c.CloseNow()
+	}
+}
+
+// The WebSocket origin check follows --cors-origin: one origin is let in, others are
+// refused before anything is played.
+func TestWebSocketOriginFollowsCORS(t *testing.T) {
+	r := newTransportRig(t, edge.Config{}, &Server{CORSOrigin: "https://player.example"})
+	r.live(t, "live/a")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, resp, err := r.dialWS(ctx, "ws", "/live/a.flv", http.Header{"Origin": {"https://elsewhere.example"}})
+	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Errorf("foreign origin: %v, want 403", err)
+	}
+	c, _, err := r.dialWS(ctx, "ws", "/live/a.flv", http.Header{"Origin": {"https://player.example"}})
+	if err != nil {
+		t.Fatalf("allowed origin: %v", err)
+	}
+	c.CloseNow()
+}
+
+// A WebSocket viewer is told why it ends: 1000 "stream ended" when the publisher is
+// gone past the grace period, 1001 "edge shutting down" when the edge stops.
+func TestWebSocketCloseStatus(t *testing.T) {
+	r := newTransportRig(t, edge.Config{Grace: 200 * time.Millisecond}, &Server{CORSOrigin: "*"})
+	stopA := r.live(t, "live/a")
+	r.live(t, "live/b")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	open := func(path string) *wsReader {
+		c, _, err := r.dialWS(ctx, "ws", path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.CloseNow() })
+		wr := &wsReader{ctx: ctx, c: c}
+		readAtLeast(t, path, wr, 8<<10)
+		return wr
+	}
+	drain := func(wr *wsReader) error {
+		_, err := io.Copy(io.Discard, wr)
+		return err
+	}
+	a, b := open("/live/a.flv"), open("/live/b.flv")
+	stopA()
+	if err := drain(a); websocket.CloseStatus(err) != websocket.StatusNormalClosure || !strings.Contains(err.Error(), "stream ended") {
+		t.Errorf("stream ended: %v, want close 1000 \"stream ended\"", err)
+	}
+	r.stopSrv()
+	if err := drain(b); websocket.CloseStatus(err) != websocket.StatusGoingAway || !strings.Contains(err.Error(), "edge shutting down") {
+		t.Errorf("edge stopped: %v, want close 1001 \"edge shutting down\"", err)
+	}
+}
+
+// The certificate files are replaced while the server runs: the next connection gets
+// the new certificate; files that do not load leave the previous one in use.
+func TestCertificateReload(t *testing.T) {
+	dir := t.TempDir()
+	first, err := harness.SelfSigned(dir, "edge", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs, err := NewCertReloader(first.CertFile, first.KeyFile, testLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs.CheckEvery = -1 // every handshake looks at the files
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", certs.TLSConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _ = c.(*tls.Conn).Handshake(); c.Close() }()
+		}
+	}()
+	serial := func() (int64, error) {
+		c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true}) // the serial is what is checked
+		if err != nil {
+			return 0, err
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.Int64(), nil
+	}
+	if s, err := serial(); err != nil || s != 1 {
+		t.Fatalf("first certificate: serial %d, %v", s, err)
+	}
+	// A half-written rotation: garbage in the certificate file.
+	if err := os.WriteFile(first.CertFile, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := serial(); err != nil || s != 1 {
+		t.Fatalf("after a broken rotation: serial %d, %v; want the previous certificate", s, err)
+	}
+	if _, err := harness.SelfSigned(dir, "edge", 2); err != nil { // same files, new pair
+		t.Fatal(err)
+	}
+	harness.CheckFor(t, 5*time.Second, "the new certificate", func() error {
+		s, err := serial()
+		if err == nil && s != 2 {
+			err = fmt.Errorf("serial %d", s)
+		}
+		return err
+	})
+	if _, err := NewCertReloader(first.CertFile, dir+"/missing.key", testLog()); err == nil {
+		t.Error("a missing key loaded")
+	}
+}
