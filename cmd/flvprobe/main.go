@@ -1,4 +1,4 @@
-// Command flvprobe checks a live HTTP-FLV stream the way players experience it: it
+// Command flvprobe checks a live HTTP-FLV or WebSocket-FLV stream the way players experience it: it
 // opens N connections for a duration, runs every byte through pkg/probe, and reports
 // per connection the time to headers and to the first keyframe, tags, bitrate, fps,
 // keyframe interval, the longest stall, the media-time rate against the wall clock
@@ -48,7 +48,7 @@ func parse(args []string, stderr io.Writer) (config, error) {
 	var c config
 	fs := flag.NewFlagSet("flvprobe", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&c.url, "url", "", "live FLV URL to check (http:// or https://)")
+	fs.StringVar(&c.url, "url", "", "live FLV URL to check (http://, https://, ws:// or wss://)")
 	fs.IntVar(&c.n, "n", 1, "concurrent connections")
 	fs.DurationVar(&c.dur, "dur", 10*time.Second, "how long each connection reads (rate is judged over 5 s windows after a 1 s warmup)")
 	fs.DurationVar(&c.maxStall, "max-stall", probe.DefaultMaxStall, "longest acceptable wait for the next tag")
@@ -74,8 +74,8 @@ func parse(args []string, stderr io.Writer) (config, error) {
 		return c, fmt.Errorf("-max-stall %v: want a positive duration", c.maxStall)
 	}
 	u, err := url.Parse(c.url)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return c, fmt.Errorf("-url %q: want an http:// or https:// URL", c.url)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
+		return c, fmt.Errorf("-url %q: want an http://, https://, ws:// or wss:// URL", c.url)
 	}
 	return c, nil
 }
@@ -145,7 +145,7 @@ func check(ctx context.Context, c config, i int) connReport {
 	ck := probe.New(o, time.Now())
 	ctx, cancel := context.WithTimeout(ctx, c.dur)
 	defer cancel()
-	body, err := probe.HTTP{}.Open(ctx, c.url, ck)
+	body, err := probe.Dial(ctx, c.url, ck, nil)
 	if err == nil {
 		err = probe.Watch(ctx, body, ck)
 	}

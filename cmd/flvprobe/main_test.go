@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 )
 
 // tag is one FLV tag followed by its PreviousTagSize.
@@ -25,14 +27,23 @@ func tag(typ byte, ts uint32, body ...byte) []byte {
 func liveServer(t *testing.T, broken string) string {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "video/x-flv")
-		if broken == "empty" {
-			return
-		}
 		write := func(b []byte) bool {
 			_, err := w.Write(b)
 			w.(http.Flusher).Flush()
 			return err == nil
+		}
+		if r.Header.Get("Upgrade") == "websocket" { // the same bytes as WebSocket-FLV
+			c, err := websocket.Accept(w, r, nil)
+			if err != nil {
+				return
+			}
+			defer c.CloseNow()
+			write = func(b []byte) bool { return c.Write(r.Context(), websocket.MessageBinary, b) == nil }
+		} else {
+			w.Header().Set("Content-Type", "video/x-flv")
+		}
+		if broken == "empty" {
+			return
 		}
 		write([]byte{'F', 'L', 'V', 1, 1, 0, 0, 0, 9, 0, 0, 0, 0})
 		write(tag(9, 0, 0x17, 0, 0, 0, 0, 1, 0x64, 0, 0x1f))
@@ -116,5 +127,26 @@ func TestBrokenStreamsExit1NamingTheViolation(t *testing.T) {
 				t.Fatalf("exit %d, want 1 naming %q:\n%s%s", code, want, out.String(), errb.String())
 			}
 		})
+	}
+}
+
+// WebSocket-FLV: ws:// URLs are read as binary messages; the same checks apply.
+func TestWebSocketStream(t *testing.T) {
+	ws := "ws" + strings.TrimPrefix(liveServer(t, ""), "http")
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"-url", ws, "-dur", "3s", "-json"}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s %s", code, out.String(), errb.String())
+	}
+	var rep report
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if r := rep.Results[0]; !r.OK || r.Status != 101 || r.Keyframes < 2 || r.VideoCodec != "avc" {
+		t.Errorf("ws: %+v", r)
+	}
+	out.Reset()
+	if code := run(context.Background(), []string{"-url", "ws" + strings.TrimPrefix(liveServer(t, "frozen"), "http"), "-dur", "8s"}, &out, &errb); code != 1 ||
+		!strings.Contains(out.String(), "video timestamps stood still at 1000 ms") {
+		t.Errorf("frozen over ws: exit %d:\n%s", code, out.String())
 	}
 }

@@ -6,7 +6,7 @@
 // It owns its own FLV parsing and codec classification and must never import pkg/flv:
 // it judges the product, so it must not share the product's bugs. The checker consumes
 // bytes (Watch reads any io.ReadCloser); the transport that produced them (HTTP-FLV
-// here, WebSocket-FLV later) is separate (see Open).
+// in http.go, WebSocket-FLV in ws.go) is separate (see Dial).
 package probe
 
 import (

@@ -9,9 +9,9 @@ import (
 	"time"
 )
 
-// Transport opens one connection to a live FLV URL and returns the FLV bytes. HTTP-FLV
-// is the one there is; WebSocket-FLV (binary messages carrying the same byte stream)
-// can slot in beside it: Watch only needs the bytes.
+// Transport opens one connection to a live FLV URL and returns the FLV bytes: HTTP
+// (HTTP-FLV) or WebSocket (WebSocket-FLV, binary messages carrying the same byte
+// stream). Watch only needs the bytes.
 type Transport interface {
 	Open(ctx context.Context, url string, c *Checker) (io.ReadCloser, error)
 }
