@@ -1,6 +1,7 @@
 // Package web owns the edge's pages: a small HTML player for /{app}/{stream}.flv at /,
 // the operators' console at /console (live streams and nodes across the cluster, from
-// the cluster API, with a player), and the mpegts.js library both run on, all embedded
+// the cluster API, with a player), a wall at /wall that plays up to 16 streams at once
+// over HTTP-FLV or WebSocket-FLV, and the mpegts.js library they run on, all embedded
 // in the binary so that an edge needs no files on disk to show a stream in a browser.
 //
 // The page takes the stream from ?stream=app/name (default live/demo), plays it muted
@@ -24,7 +25,7 @@ import (
 	"time"
 )
 
-//go:embed assets/index.html assets/console.html assets/mpegts.js
+//go:embed assets/index.html assets/console.html assets/wall.html assets/mpegts.js
 var assets embed.FS
 
 // asset is one embedded document with the headers it is served with.
@@ -46,10 +47,11 @@ func load(name, contentType string) asset {
 var (
 	indexPage   = load("assets/index.html", "text/html; charset=utf-8")
 	consolePage = load("assets/console.html", "text/html; charset=utf-8")
+	wallPage    = load("assets/wall.html", "text/html; charset=utf-8")
 	mpegtsJS    = load("assets/mpegts.js", "text/javascript; charset=utf-8")
 )
 
-// Handler serves GET and HEAD for "/" (the player page), "/console" and "/mpegts.js". Any other path
+// Handler serves GET and HEAD for "/" (the player page), "/console", "/wall" and "/mpegts.js". Any other path
 // is 404 and any other method 405, so it can be mounted as the fallback of a mux that
 // routes the stream URLs elsewhere.
 func Handler() http.Handler {
@@ -63,6 +65,8 @@ func serve(w http.ResponseWriter, r *http.Request) {
 		a = &indexPage
 	case "/console", "/console/":
 		a = &consolePage
+	case "/wall", "/wall/":
+		a = &wallPage
 	case "/mpegts.js":
 		a = &mpegtsJS
 	default:

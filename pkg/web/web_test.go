@@ -30,6 +30,9 @@ func TestHandlerServesPageAndPlayer(t *testing.T) {
 		{"GET", "/?stream=live/e2e", 200, "text/html; charset=utf-8", func(b []byte) bool {
 			return bytes.Contains(b, []byte("<video"))
 		}},
+		{"GET", "/wall?streams=live/a,live/b&transport=ws", 200, "text/html; charset=utf-8", func(b []byte) bool {
+			return bytes.Contains(b, []byte("window.flvcdnWall")) && bytes.Contains(b, []byte(`src="/mpegts.js"`))
+		}},
 		{"GET", "/mpegts.js", 200, "text/javascript; charset=utf-8", func(b []byte) bool { return bytes.Equal(b, js) }},
 		{"HEAD", "/mpegts.js", 200, "text/javascript; charset=utf-8", func(b []byte) bool { return len(b) == 0 }},
 		{"HEAD", "/", 200, "text/html; charset=utf-8", func(b []byte) bool { return len(b) == 0 }},

@@ -34,8 +34,9 @@ type playerStats struct {
 }
 
 // newBrowser starts headless Chromium for the test, stopped when ctx ends or the test
-// does; on failure the test log gets the page's console and Chromium's output.
-func newBrowser(ctx context.Context, t *testing.T) context.Context {
+// does; on failure the test log gets the page's console and Chromium's output. extra
+// options come after the defaults.
+func newBrowser(ctx context.Context, t *testing.T, extra ...chromedp.ExecAllocatorOption) context.Context {
 	t.Helper()
 	browserLog := &harness.Tail{Max: 1 << 20}
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
@@ -53,6 +54,7 @@ func newBrowser(ctx context.Context, t *testing.T) context.Context {
 		chromedp.WindowSize(1024, 720),
 		chromedp.CombinedOutput(browserLog),
 	)
+	opts = append(opts, extra...)
 	// The browser lives as long as allocCtx; it must not carry a timeout (see chromedp.Run),
 	// so the scenario's deadline cancels it instead.
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
