@@ -82,17 +82,31 @@ func (s *Server) serveGathered(r *http.Request, w http.ResponseWriter, v *edge.V
 
 // writeGathered copies bufs into a pooled buffer and writes it in one Write.
 func writeGathered(w http.ResponseWriter, bufs net.Buffers) (int, error) {
+	b := gather(bufs)
+	n, err := w.Write(*b)
+	// After a failed write net/http may still hold the slice (a reset HTTP/2 stream
+	// returns before its queued data is dropped): that buffer is not reused.
+	if err == nil {
+		release(b)
+	}
+	return n, err
+}
+
+// gather copies bufs into one buffer from the pool.
+func gather(bufs net.Buffers) *[]byte {
 	bp := gatherPool.Get().(*[]byte)
 	b := (*bp)[:0]
 	for _, t := range bufs {
 		b = append(b, t...)
 	}
-	n, err := w.Write(b)
-	// After a failed write net/http may still hold the slice (a reset HTTP/2 stream
-	// returns before its queued data is dropped): that buffer is not reused.
-	if err == nil && cap(b) <= maxPooled {
-		*bp = b[:0]
+	*bp = b
+	return bp
+}
+
+// release returns a buffer to the pool unless it grew past maxPooled.
+func release(bp *[]byte) {
+	if cap(*bp) <= maxPooled {
+		*bp = (*bp)[:0]
 		gatherPool.Put(bp)
 	}
-	return n, err
 }

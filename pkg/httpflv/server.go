@@ -209,9 +209,10 @@ func (s *Server) hijack(hdr http.Header, hj http.Hijacker, v *edge.Viewer, name 
 		s.Log.Warn("hijack failed", "err", err)
 		return
 	}
-	if tc, ok := conn.(*net.TCPConn); ok && s.SendBuffer > 0 {
+	if tc := tcpConn(conn); tc != nil && s.SendBuffer > 0 {
 		_ = tc.SetWriteBuffer(s.SendBuffer)
 	}
+	_, plain := conn.(*net.TCPConn) // else TLS: see viewerConn.gather
 	ctx := s.BaseContext
 	if ctx == nil {
 		ctx = context.Background()
@@ -222,7 +223,7 @@ func (s *Server) hijack(hdr http.Header, hj http.Hijacker, v *edge.Viewer, name 
 		defer s.writers.Done()
 		defer v.Close()
 		defer conn.Close()
-		n := s.serveConn(ctx, &viewerConn{Conn: conn, timeout: s.writeTimeout()}, hdr, v, name)
+		n := s.serveConn(ctx, &viewerConn{Conn: conn, timeout: s.writeTimeout(), gather: !plain}, hdr, v, name)
 		s.stopped(pl, n)
 	}()
 }
@@ -304,6 +305,7 @@ type viewerConn struct {
 	net.Conn
 	timeout time.Duration
 	until   time.Time
+	gather  bool // one Write of the gathered slices (TLS has no writev), see tls.go
 }
 
 // write sends bufs in one writev when the socket takes them. The timeout is how
@@ -311,6 +313,11 @@ type viewerConn struct {
 // off here (the lag policy in package edge deals with it). The deadline is moved
 // about once a second rather than on every write: it costs a timer update.
 func (c *viewerConn) write(bufs net.Buffers) error {
+	if c.gather && len(bufs) > 1 {
+		b := gather(bufs)
+		defer release(b)
+		bufs = net.Buffers{*b}
+	}
 	for {
 		if time.Until(c.until) < c.timeout-time.Second {
 			c.until = time.Now().Add(c.timeout)

@@ -9,6 +9,12 @@ import (
 	"time"
 )
 
+// Over TLS a taken-over HTTP/1.1 viewer cannot use writev: crypto/tls writes each
+// slice it is given as at least one record and one write(2), so a window of tags and
+// chunk framing would cost a record (and its 29 bytes of overhead) per slice. Such a
+// viewer's window is gathered into one pooled buffer first (viewerConn.gather): one
+// copy per viewer, after which TLS encrypts it in records of up to 16 KiB.
+
 // CertReloader serves a certificate and key from files and picks up new files without
 // a restart, as cert-manager and kubelet rotate a mounted Secret in place. It polls
 // with stat, no file watcher: on a TLS handshake, when CheckEvery has passed since the
