@@ -16,6 +16,10 @@
 // bytes to N loopback sockets with the same merge policy (everything queued since a
 // connection's last write, in one writev per merge window) and nothing else.
 //
+// The transport table (transport.go) then compares HTTP/1.1, HTTPS/1.1, HTTP/2 over
+// TLS and WebSocket-FLV at one N, each beside a floor that uses the same libraries
+// (`bench floor-transport`, floor_transport.go).
+//
 // Every process it starts is stopped by PID; the run is bounded by --max-run.
 package main
 
@@ -54,6 +58,9 @@ type config struct {
 	maxRun         time.Duration
 	quick          bool
 	verbose        bool
+	transports     []string // the transport table (transport.go); empty: none
+	transportN     int
+	transportsOnly bool
 }
 
 func parseFlags(args []string) (*config, error) {
@@ -78,6 +85,9 @@ func parseFlags(args []string) (*config, error) {
 	fs.DurationVar(&c.maxRun, "max-run", 30*time.Minute, "stop everything after this long")
 	fs.BoolVar(&c.quick, "quick", false, "fast run: N=100,500, 8s windows, 20 first-keyframe samples, merge windows at N=500, no ring fill")
 	fs.BoolVar(&c.verbose, "v", false, "log progress details")
+	transports := fs.String("transports", strings.Join(allTransports, ","), "transports compared at --transport-viewers, each beside its floor (empty: skip that table)")
+	fs.IntVar(&c.transportN, "transport-viewers", 1000, "N for the transport table")
+	fs.BoolVar(&c.transportsOnly, "transports-only", false, "run only the transport table")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -106,6 +116,15 @@ func parseFlags(args []string) (*config, error) {
 	var err error
 	if c.viewers, err = parseInts(*viewers); err != nil {
 		return nil, fmt.Errorf("--viewers: %w", err)
+	}
+	if c.transports, err = parseTransports(*transports); err != nil {
+		return nil, fmt.Errorf("--transports: %w", err)
+	}
+	if c.transportsOnly && len(c.transports) == 0 {
+		return nil, errors.New("--transports-only: --transports is empty")
+	}
+	if c.transportN < 2 {
+		return nil, fmt.Errorf("--transport-viewers %d: at least 2 (the pilot and one more)", c.transportN)
 	}
 	if c.mergeWindows, err = parseDurations(*windows); err != nil {
 		return nil, fmt.Errorf("--merge-windows: %w", err)
@@ -175,6 +194,13 @@ func parseDurations(s string) ([]time.Duration, error) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "floor-transport" {
+		if err := floorTransportMain(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "bench floor-transport:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == "floor" {
 		if err := floorMain(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "bench floor:", err)

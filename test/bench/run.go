@@ -74,7 +74,7 @@ func run(ctx context.Context, c *config) error {
 	if err != nil {
 		return err
 	}
-	need := slices.Max(append(slices.Clone(c.viewers), c.mwViewers))*2 + 256
+	need := slices.Max(append(slices.Clone(c.viewers), c.mwViewers, c.transportN))*2 + 256
 	if nofile < uint64(need) {
 		return fmt.Errorf("RLIMIT_NOFILE hard limit %d is below the %d descriptors the largest step needs", nofile, need)
 	}
@@ -115,6 +115,9 @@ func run(ctx context.Context, c *config) error {
 		return err
 	}
 	printSetup(c, w, nofile)
+	if c.transportsOnly {
+		return w.runTransports(ctx)
+	}
 
 	perN, mw := plan(c)
 	steps := append(slices.Clone(perN), mw...)
@@ -147,6 +150,9 @@ func run(ctx context.Context, c *config) error {
 	}
 	printMergeWindows(c, results)
 	printTargets(c, results, fk)
+	if len(c.transports) > 0 {
+		return w.runTransports(ctx)
+	}
 	return nil
 }
 
@@ -292,8 +298,8 @@ func (e *edgeRun) stop() {
 }
 
 // startEdge starts an edge and connects its pilot: one viewer that parses tags,
-// keeps the main stream pulled and tells when the ring is full.
-func (w *world) startEdge(ctx context.Context, window time.Duration) (*edgeRun, error) {
+// keeps the main stream pulled and tells when the ring is full. extra flags come last.
+func (w *world) startEdge(ctx context.Context, window time.Duration, extra ...string) (*edgeRun, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -308,6 +314,7 @@ func (w *world) startEdge(ctx context.Context, window time.Duration) (*edgeRun, 
 	if w.redisURL != "" {
 		args = append(args, "--redis-url", w.redisURL)
 	}
+	args = append(args, extra...)
 	p, err := w.start(fmt.Sprintf("flvcdn-edge#%d", id), w.edgeBin, args...)
 	if err != nil {
 		return nil, err
