@@ -577,3 +577,59 @@ func TestCertificateReload(t *testing.T) {
 		t.Error("a missing key loaded")
 	}
 }
+
+// countingConn counts the writes made on an accepted connection.
+type countingConn struct {
+	net.Conn
+	writes, bytes *atomic.Int64
+}
+
+func (c countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	c.bytes.Add(int64(len(p)))
+	return c.Conn.Write(p)
+}
+
+type countingListener struct {
+	net.Listener
+	writes, bytes atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return countingConn{c, &l.writes, &l.bytes}, nil
+}
+
+// A WebSocket viewer costs at most two writes to its socket per message (per merge
+// window): the frame header with the first 4 KiB, and the rest of the gathered window.
+func TestWebSocketWritesPerWindow(t *testing.T) {
+	r := newTransportRig(t, edge.Config{MergeWindow: 60 * time.Millisecond}, &Server{CORSOrigin: "*"})
+	r.live(t, "live/a")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &countingListener{Listener: ln}
+	hs := &http.Server{Handler: r.srv}
+	go func() { _ = hs.Serve(cl) }()
+	defer hs.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws://"+ln.Addr().String()+"/live/a.flv", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	wr := &wsReader{ctx: ctx, c: c}
+	readAtLeast(t, "join", wr, 8<<10)
+	w0, m0 := cl.writes.Load(), wr.msgs
+	b := readAtLeast(t, "windows", wr, 100<<10) // about 0.8 s of this stream's windows
+	writes, msgs := cl.writes.Load()-w0, wr.msgs-m0
+	t.Logf("%d bytes in %d messages took %d writes", len(b), msgs, writes)
+	if msgs < 5 || writes > 2*int64(msgs)+1 {
+		t.Errorf("%d messages took %d writes, want at most 2 per message", msgs, writes)
+	}
+}

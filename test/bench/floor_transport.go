@@ -10,8 +10,8 @@ package main
 //     gathered with its chunk framing into one pooled buffer and one tls.Conn Write;
 //   - h2: net/http over TLS with HTTP/2, the window gathered into one pooled buffer,
 //     one ResponseWriter Write and one Flush;
-//   - ws: github.com/coder/websocket without TLS, one binary message per window
-//     written in parts (a frame per tag) through the library's message Writer.
+//   - ws: github.com/coder/websocket without TLS, the window gathered into one
+//     pooled buffer and written as one binary message (one frame).
 //
 // Unlike the HTTP/1.1 floor, each viewer has its own goroutine: net/http's HTTP/2
 // server and the WebSocket library both need one per viewer (a handler, a writer).
@@ -255,16 +255,15 @@ func (f *floorTap) serveWS(w http.ResponseWriter, r *http.Request) {
 		if bufs, err = cur.next(gone, bufs[:0]); err != nil {
 			return
 		}
-		mw, err := c.Writer(context.Background(), websocket.MessageBinary)
-		if err != nil {
-			return
-		}
+		bp := floorPool.Get().(*[]byte)
+		b := (*bp)[:0]
 		for _, t := range bufs {
-			if _, err := mw.Write(t); err != nil {
-				return
-			}
+			b = append(b, t...)
 		}
-		if mw.Close() != nil {
+		err = c.Write(context.Background(), websocket.MessageBinary, b)
+		*bp = b[:0]
+		floorPool.Put(bp)
+		if err != nil {
 			return
 		}
 	}
