@@ -146,7 +146,11 @@ func openerFor(name, addr, https string, cert *harness.Cert) opener {
 	case "h2":
 		return func(ctx context.Context) (io.ReadCloser, error) {
 			// A Transport per viewer: one HTTP/2 connection each, as separate people have.
-			tr := &http.Transport{TLSClientConfig: tlsConf, DisableCompression: true, Protocols: new(http.Protocols)}
+			// Frames of at most 16 KiB, as browsers read them (Go's client would take
+			// 1 MiB, and the server's frame buffer grows to the largest frame it wrote,
+			// the join burst, and keeps it for the connection's life).
+			tr := &http.Transport{TLSClientConfig: tlsConf, DisableCompression: true, Protocols: new(http.Protocols),
+				HTTP2: &http.HTTP2Config{MaxReadFrameSize: 16 << 10}}
 			tr.Protocols.SetHTTP2(true)
 			return probe.HTTP{Client: &http.Client{Transport: tr}}.Open(ctx, "https://"+https+mainPath, probe.New(probe.Options{}, time.Now()))
 		}
