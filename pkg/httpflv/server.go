@@ -3,7 +3,7 @@
 // each viewer's queued tags as one chunk in one writev. The same URL also serves
 // WebSocket-FLV (ws.go) and HTTP/2 (h2.go), over TLS with a reloaded certificate
 // (tls.go). This is the one place where viewer bytes are written; it never parses
-// tags, and copies them only where a transport's library requires it (h2.go, ws.go).
+// tags, and copies them only where a transport requires it (tls.go, h2.go, ws.go).
 package httpflv
 
 import (

@@ -5,12 +5,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
@@ -23,6 +25,7 @@ import (
 	"github.com/flvcdn/flvcdn/pkg/bus"
 	"github.com/flvcdn/flvcdn/pkg/edge"
 	"github.com/flvcdn/flvcdn/pkg/flv"
+	"github.com/flvcdn/flvcdn/pkg/hook"
 	"github.com/flvcdn/flvcdn/pkg/origin"
 	"github.com/flvcdn/flvcdn/pkg/registry"
 	"github.com/flvcdn/flvcdn/pkg/stream"
@@ -633,3 +636,102 @@ func TestWebSocketWritesPerWindow(t *testing.T) {
 		t.Errorf("%d messages took %d writes, want at most 2 per message", msgs, writes)
 	}
 }
+
+// The viewer limits and the play/stop callbacks are the same on every transport: with
+// one viewer allowed per stream, a second gets 503 over HTTP/1.1, HTTP/2 and
+// WebSocket alike, and every allowed play is followed by its stop, with the bytes sent.
+func TestLimitsAndCallbacksOnEveryTransport(t *testing.T) {
+	var mu sync.Mutex
+	var events []hook.Event
+	platform := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var ev hook.Event
+		b, _ := io.ReadAll(r.Body)
+		_ = json.Unmarshal(b, &ev)
+		mu.Lock()
+		events = append(events, ev)
+		mu.Unlock()
+	}))
+	defer platform.Close()
+	h, err := hook.New(hook.Config{URL: platform.URL, Node: "edge-1"}, testLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hctx, hcancel := context.WithCancel(context.Background())
+	defer hcancel()
+	go h.Run(hctx)
+	r := newTransportRig(t, edge.Config{MaxViewersPerStream: 1}, &Server{CORSOrigin: "*", Hook: h})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	type viewer struct {
+		body io.Closer
+		err  error
+		code int
+	}
+	openHTTP := func(c client) func() viewer {
+		return func() viewer {
+			resp, err := c.c.Get(r.url(c.scheme, "/live/one.flv"))
+			if err != nil {
+				return viewer{err: err}
+			}
+			if resp.StatusCode != 200 {
+				resp.Body.Close()
+				return viewer{code: resp.StatusCode}
+			}
+			readAtLeast(t, c.name, resp.Body, 8<<10)
+			return viewer{body: resp.Body, code: 200}
+		}
+	}
+	cs := r.clients()
+	opens := map[string]func() viewer{"http/1.1": openHTTP(cs[0]), "h2": openHTTP(cs[3]), "ws": func() viewer {
+		c, resp, err := r.dialWS(ctx, "ws", "/live/one.flv", nil)
+		if err != nil {
+			if resp != nil {
+				return viewer{code: resp.StatusCode}
+			}
+			return viewer{err: err}
+		}
+		readAtLeast(t, "ws", &wsReader{ctx: ctx, c: c}, 8<<10)
+		return viewer{body: closerFunc(func() error { return c.CloseNow() }), code: 200}
+	}}
+	r.live(t, "live/one")
+	for _, name := range []string{"http/1.1", "h2", "ws"} {
+		mu.Lock()
+		events = nil
+		mu.Unlock()
+		first := opens[name]()
+		if first.code != 200 {
+			t.Fatalf("%s: first viewer: %d %v", name, first.code, first.err)
+		}
+		if second := opens[name](); second.code != http.StatusServiceUnavailable {
+			t.Errorf("%s: second viewer of a stream limited to one: %d %v, want 503", name, second.code, second.err)
+		}
+		first.body.Close()
+		harness.Until(t, 10*time.Second, name+": the first viewer's stop", func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, ev := range events {
+				if ev.Action == hook.Stop && ev.Bytes != nil && *ev.Bytes >= 8<<10 {
+					return true
+				}
+			}
+			return false
+		})
+		// The next transport's first viewer must find the slot free.
+		harness.Until(t, 10*time.Second, name+": the slot to free", func() bool { return r.srv.Hub.(*edge.Hub).Viewers() == 0 })
+		mu.Lock()
+		plays := 0
+		for _, ev := range events {
+			if ev.Action == hook.Play {
+				plays++
+			}
+		}
+		mu.Unlock()
+		if plays != 2 {
+			t.Errorf("%s: %d play callbacks, want 2 (the second viewer is asked before the limit refuses it)", name, plays)
+		}
+	}
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
