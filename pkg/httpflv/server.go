@@ -57,6 +57,8 @@ type Server struct {
 	// Hook, when set, is asked before each play (after the signature check: both
 	// must pass; a denial is 403 with its reason) and told when the viewer ends.
 	Hook *hook.Client
+	// PingEvery is how often WebSocket viewers are pinged (ws.go). Default 20s.
+	PingEvery time.Duration
 
 	writers sync.WaitGroup
 	written atomic.Uint64 // bytes written to viewers, for BytesOut

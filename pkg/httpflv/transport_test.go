@@ -735,3 +735,39 @@ func TestLimitsAndCallbacksOnEveryTransport(t *testing.T) {
 type closerFunc func() error
 
 func (f closerFunc) Close() error { return f() }
+
+// WebSocket keepalive: a viewer that answers pings keeps playing across many ping
+// intervals; one that stops reading (so answers no ping) is closed within about the
+// write timeout, not left to fill its socket.
+func TestWebSocketPingKeepalive(t *testing.T) {
+	r := newTransportRig(t, edge.Config{}, &Server{CORSOrigin: "*", PingEvery: 100 * time.Millisecond, WriteTimeout: time.Second})
+	r.live(t, "live/a")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	alive, _, err := r.dialWS(ctx, "ws", "/live/a.flv", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alive.CloseNow()
+	mute, _, err := r.dialWS(ctx, "ws", "/live/a.flv", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mute.CloseNow()
+	wr := &wsReader{ctx: ctx, c: alive}
+	readAtLeast(t, "alive", wr, 8<<10)
+	// The mute viewer reads nothing more; the live one reads for 3 s (30 pings).
+	start := time.Now()
+	for time.Since(start) < 3*time.Second {
+		readAtLeast(t, "alive", wr, 4<<10)
+	}
+	// Its connection was closed by the edge: a read drains what was buffered, then ends.
+	_, err = io.Copy(io.Discard, &wsReader{ctx: ctx, c: mute})
+	if ctx.Err() != nil {
+		t.Fatalf("the viewer that answers no ping is still connected after %v", time.Since(start))
+	}
+	t.Logf("mute viewer ended after %v: %v", time.Since(start), err)
+	harness.Until(t, 5*time.Second, "one viewer left on the edge (the one that answers)", func() bool {
+		return r.srv.Hub.(*edge.Hub).Viewers() == 1
+	})
+}
