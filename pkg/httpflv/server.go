@@ -61,6 +61,8 @@ type Server struct {
 	PingEvery time.Duration
 
 	writers sync.WaitGroup
+	mu      sync.Mutex
+	waiting bool          // Wait has begun: no writer may start (see goWriter)
 	written atomic.Uint64 // bytes written to viewers, for BytesOut
 }
 
@@ -220,19 +222,42 @@ func (s *Server) hijack(hdr http.Header, hj http.Hijacker, v *edge.Viewer, name 
 		ctx = context.Background()
 	}
 	plays.WithLabelValues("http/1.1").Inc()
-	s.writers.Add(1)
-	go func() {
-		defer s.writers.Done()
+	if !s.goWriter(func() {
 		defer v.Close()
 		defer conn.Close()
 		n := s.serveConn(ctx, &viewerConn{Conn: conn, timeout: s.writeTimeout(), gather: !plain}, hdr, v, name)
 		s.stopped(pl, n)
+	}) {
+		conn.Close()
+		v.Close()
+		s.stopped(pl, 0)
+	}
+}
+
+// goWriter runs f as a viewer writer that Wait joins, unless Wait has begun (a
+// request taken over while the edge stops): then it reports false and runs nothing.
+func (s *Server) goWriter(f func()) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.waiting {
+		return false
+	}
+	s.writers.Add(1)
+	go func() {
+		defer s.writers.Done()
+		f()
 	}()
+	return true
 }
 
 // Wait blocks until every viewer writer has finished (after BaseContext ends or
-// the streams stop).
-func (s *Server) Wait() { s.writers.Wait() }
+// the streams stop). No writer starts after it is called.
+func (s *Server) Wait() {
+	s.mu.Lock()
+	s.waiting = true
+	s.mu.Unlock()
+	s.writers.Wait()
+}
 
 func setFLVHeaders(h http.Header) {
 	h.Set("Content-Type", "video/x-flv")

@@ -116,13 +116,15 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request, v *edge.Viewer,
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	s.writers.Add(1)
-	go func() {
-		defer s.writers.Done()
+	if !s.goWriter(func() {
 		defer v.Close()
 		n := s.writeWS(ctx, c, cw.conn, v, name)
 		s.stopped(pl, n)
-	}()
+	}) {
+		_ = c.Close(wsShutdown, "edge shutting down")
+		v.Close()
+		s.stopped(pl, 0)
+	}
 }
 
 // writeWS sends the viewer's tags, one binary message per merge window, until the
