@@ -47,6 +47,7 @@ func newIVF(data []byte) (Track, error) {
 		var err error
 		if t.fourcc == "av01" {
 			f.Key, err = av1Key(f.Data, t)
+			f.Data = av1Filter(f.Data)
 		} else {
 			f.Key, err = vp9Key(f.Data, t)
 		}
@@ -63,9 +64,11 @@ func newIVF(data []byte) (Track, error) {
 
 // AV1 OBU types.
 const (
-	obuSequenceHeader = 1
-	obuFrameHeader    = 3
-	obuFrame          = 6
+	obuSequenceHeader    = 1
+	obuTemporalDelimiter = 2
+	obuPadding           = 15
+	obuFrameHeader       = 3
+	obuFrame             = 6
 )
 
 // av1Key reads the OBUs of one temporal unit: a sequence header gives the track's
@@ -110,6 +113,35 @@ func av1Key(tu []byte, t *frames) (bool, error) {
 		}
 	}
 	return key, nil
+}
+
+// av1Filter drops temporal delimiter and padding OBUs from a temporal unit (checked
+// by av1Key already): like an AV1 sample in ISO BMFF, an Enhanced RTMP frame is
+// the unit's other OBUs. It copies only when there is something to drop.
+func av1Filter(tu []byte) []byte {
+	var out []byte
+	for off := 0; off < len(tu); {
+		h := tu[off]
+		typ := (h >> 3) & 0x0F
+		n := 1
+		if h&0x04 != 0 {
+			n++
+		}
+		size, m := leb128(tu[off+n:])
+		end := off + n + m + int(size)
+		if typ == obuTemporalDelimiter || typ == obuPadding {
+			if out == nil {
+				out = append(make([]byte, 0, len(tu)), tu[:off]...)
+			}
+		} else if out != nil {
+			out = append(out, tu[off:end]...)
+		}
+		off = end
+	}
+	if out == nil {
+		return tu
+	}
+	return out
 }
 
 // av1Config builds an AV1CodecConfigurationRecord: marker and version, then
