@@ -130,8 +130,8 @@ func TestMalformedMultitrackHarmsOnlyItsStream(t *testing.T) {
 	for _, body := range [][]byte{
 		{0x80 | 2<<4 | 6, 1<<4 | 1, 'a', 'v', '0', '1', 0, 0xFF, 0xFF, 0xFF, 1}, // track size past the end
 		{0x80 | 2<<4 | 6, 5<<4 | 1, 'a', 'v', '0', '1', 0, 0, 0, 1, 1},          // multitrack type 5
-		{0x80 | 2<<4 | 7, 200, 1, 2},                                          // ModEx past the end
-		{0x80 | 2<<4 | 6},                                                     // no multitrack header
+		{0x80 | 2<<4 | 7, 200, 1, 2},                                            // ModEx past the end
+		{0x80 | 2<<4 | 6},                                                       // no multitrack header
 	} {
 		must(t, bad.s.WriteTag(flv.TypeVideo, bad.ts, body))
 	}
