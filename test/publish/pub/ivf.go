@@ -46,8 +46,9 @@ func newIVF(data []byte) (Track, error) {
 		f.Time -= first
 		var err error
 		if t.fourcc == "av01" {
-			f.Key, err = av1Key(f.Data, t)
-			f.Data = av1Filter(f.Data)
+			if f.Key, err = av1Key(f.Data, t); err == nil {
+				f.Data = av1Filter(f.Data) // OBU sizes checked by av1Key
+			}
 		} else {
 			f.Key, err = vp9Key(f.Data, t)
 		}
