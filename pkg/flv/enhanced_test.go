@@ -181,3 +181,27 @@ func FuzzParseEx(f *testing.F) {
 		}
 	})
 }
+
+func TestMediaInfoListsMultitrackTracks(t *testing.T) {
+	var m MediaInfo
+	for _, b := range [][]byte{
+		mtVideo(1, multitrackOne, exSequenceStart, mtTrack{"vp09", 1, []byte{1}}),
+		mtVideo(1, multitrackOne, exSequenceStart, mtTrack{"av01", 0, []byte{1}}),
+	} {
+		_, tag := NewTag(0, TypeVideo, 0, b)
+		m.Observe(tag)
+	}
+	_, opus := NewTag(0, TypeAudio, 0, []byte{audioExHdr<<4 | audioExModEx, 0, 1, 0, 'O', 'p', 'u', 's', 1})
+	m.Observe(opus)
+	if m.Video == nil || m.Video.Codec != "av1" || len(m.Tracks) != 2 || m.Tracks[0] != (TrackInfo{0, "av1"}) || m.Tracks[1] != (TrackInfo{1, "vp9"}) {
+		t.Fatalf("video %+v tracks %+v", m.Video, m.Tracks)
+	}
+	if m.Audio == nil || m.Audio.Codec != "opus" {
+		t.Fatalf("audio %+v", m.Audio)
+	}
+	c := m.Clone()
+	c.Tracks[0].Codec = "x"
+	if m.Tracks[0].Codec != "av1" {
+		t.Fatal("Clone shares Tracks")
+	}
+}

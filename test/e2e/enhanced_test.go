@@ -163,6 +163,25 @@ func TestEnhancedCodecsThroughOriginAndEdge(t *testing.T) {
 			}
 		})
 	}
+	// The tracks are listed by the cluster API, and counted in the edge's metrics.
+	var st struct {
+		Tracks []struct {
+			ID    int    `json:"id"`
+			Codec string `json:"codec"`
+		} `json:"tracks"`
+	}
+	waitFor(ctx, t, "live/mt's tracks in the cluster API", func() error {
+		if _, err := apiGet(ctx, e.addr, "/api/v1/streams/live/mt", "", &st); err != nil {
+			return err
+		}
+		if fmt.Sprint(st.Tracks) != "[{0 av1} {1 vp9}]" {
+			return fmt.Errorf("tracks %v, want [{0 av1} {1 vp9}]", st.Tracks)
+		}
+		return nil
+	})
+	if n, err := e.metric(ctx, "flvcdn_edge_multitrack_messages_total"); err != nil || n == 0 {
+		t.Errorf("flvcdn_edge_multitrack_messages_total = %v (%v), want > 0", n, err)
+	}
 	// The malformed request and the absent track are refused before any bytes.
 	for q, want := range map[string]int{"?vtrack=x": http.StatusBadRequest, "?vtrack=2": http.StatusNotFound, "?vtrack=256": http.StatusBadRequest} {
 		code, body, err := httpGet(ctx, e.url("live/mt")+q)
