@@ -118,14 +118,30 @@ func (s *Stream) pushTracks(t flv.Tag) {
 				audioTrackDropped.Inc()
 				continue
 			}
-			if kind == flv.KindAudioHeader {
-				s.audioHdr = tag
-				s.publishJoin()
-			}
-			s.ring.push(tag, false)
+			s.pushAudio(tag, kind)
 			continue
 		}
 		s.pushTrack(tag, kind, int16(p.Track))
+	}
+}
+
+// pushAudio appends audio track 0 of a multitrack message for every viewer; on
+// a stream without video, as in push, a viewer may start at any audio frame.
+func (s *Stream) pushAudio(t flv.Tag, kind flv.Kind) {
+	header := kind == flv.KindAudioHeader
+	if header {
+		s.audioHdr = t
+	}
+	key := !s.hasVideo && !header
+	e := s.ring.push(t, key)
+	if key {
+		s.lastKey.Store(e.idx + 1)
+		if !s.joinOK {
+			s.joinStart, s.joinOK = e.idx, true // viewer.go trims the backlog
+		}
+	}
+	if header || key {
+		s.publishJoin()
 	}
 }
 

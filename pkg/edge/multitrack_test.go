@@ -2,6 +2,7 @@ package edge_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"testing"
 	"time"
@@ -139,4 +140,65 @@ func TestMalformedMultitrackHarmsOnlyItsStream(t *testing.T) {
 	good.frames(t, 10)
 	checkTrack(t, read(t, wb, 10, 10*time.Second), 0)
 	checkTrack(t, read(t, wg, 10, 10*time.Second), 0)
+}
+
+// An audio-only stream of multitrack Opus messages (tracks 0 and 1): a viewer
+// starts at once and gets track 0 as single-track Enhanced audio.
+func TestMultitrackAudioOnly(t *testing.T) {
+	r := newRig(t, edge.Config{MergeWindow: 5 * time.Millisecond})
+	s, err := r.origin.Publish(r.ctx, name("live/mta"), "")
+	must(t, err)
+	msg := func(packet byte, d0, d1 []byte) []byte {
+		b := []byte{0x95, 1<<4 | packet, 'O', 'p', 'u', 's'}
+		for tr, d := range [][]byte{d0, d1} {
+			b = append(b, byte(tr), 0, 0, byte(len(d)))
+			b = append(b, d...)
+		}
+		return b
+	}
+	must(t, s.WriteTag(flv.TypeAudio, 0, msg(0, []byte("OpusHead-0"), []byte("OpusHead-1"))))
+	for i := 0; i < 10; i++ {
+		must(t, s.WriteTag(flv.TypeAudio, uint32(i*20), msg(1, []byte{0xA0, byte(i)}, []byte{0xB0, byte(i)})))
+	}
+	v, err := r.hub.Watch(r.ctx, name("live/mta"))
+	must(t, err)
+	t.Cleanup(v.Close)
+	for i := 10; i < 20; i++ {
+		must(t, s.WriteTag(flv.TypeAudio, uint32(i*20), msg(1, []byte{0xA0, byte(i)}, []byte{0xB0, byte(i)})))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var raw bytes.Buffer
+	for {
+		bufs, err := v.Next(ctx, nil)
+		for _, b := range bufs {
+			raw.Write(b)
+		}
+		must(t, err)
+		rd := flv.NewReader(bytes.NewReader(raw.Bytes()), 0)
+		must(t, rd.ReadHeader())
+		if rd.Flags != flv.FlagAudio {
+			t.Fatalf("flags %#x", rd.Flags)
+		}
+		var tags []flv.Tag
+		for {
+			tg, err := rd.ReadTag()
+			if err != nil {
+				break
+			}
+			tags = append(tags, tg)
+		}
+		if len(tags) == 0 || tags[len(tags)-1].Body()[6] != 19 {
+			continue // until the last frame arrived
+		}
+		if b := tags[0].Body(); !bytes.Equal(b, append([]byte{0x90, 'O', 'p', 'u', 's'}, "OpusHead-0"...)) {
+			t.Fatalf("first tag %q, want track 0's Opus sequence start", b)
+		}
+		for _, tg := range tags[1:] {
+			if b := tg.Body(); len(b) != 7 || b[0] != 0x91 || b[5] != 0xA0 {
+				t.Fatalf("audio tag % x, want track 0's single-track Opus frame", b)
+			}
+		}
+		return
+	}
 }

@@ -205,3 +205,11 @@ func TestMediaInfoListsMultitrackTracks(t *testing.T) {
 		t.Fatal("Clone shares Tracks")
 	}
 }
+
+func TestMetadataFourCCCodecIDs(t *testing.T) {
+	var m MediaInfo
+	m.fromMetadata(Metadata{"videocodecid": float64(0x61763031), "audiocodecid": float64(0x4F707573), "width": 640.0})
+	if m.Video.Codec != "av1" || m.Audio.Codec != "opus" || m.Video.Width != 640 {
+		t.Fatalf("%+v %+v", m.Video, m.Audio)
+	}
+}

@@ -122,6 +122,15 @@ func (m *MediaInfo) Observe(t Tag) {
 	}
 }
 
+// fourCCNumber reads an onMetaData codec id that is a FourCC as a 32-bit number.
+func fourCCNumber(id float64) ([]byte, bool) {
+	if id < 1<<24 || id >= 1<<32 || id != float64(uint32(id)) {
+		return nil, false
+	}
+	n := uint32(id)
+	return []byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}, true
+}
+
 // track records a video track's codec, keeping Tracks sorted by id.
 func (m *MediaInfo) track(id int, codec string) {
 	for i := range m.Tracks {
@@ -150,6 +159,8 @@ func (m *MediaInfo) fromMetadata(md Metadata) {
 		v := m.video()
 		if name, known := videoCodecIDs[int(id)]; known && v.Codec == "" {
 			v.Codec = name
+		} else if cc, isFourCC := fourCCNumber(id); isFourCC && v.Codec == "" {
+			v.Codec = fourCC(cc) // Enhanced RTMP: the codec id is the FourCC as a number
 		}
 	}
 	if s, ok := md["videocodecid"].(string); ok && m.video().Codec == "" {
@@ -168,6 +179,8 @@ func (m *MediaInfo) fromMetadata(md Metadata) {
 		a := m.audio()
 		if name, known := audioCodecIDs[int(id)]; known && a.Codec == "" {
 			a.Codec = name
+		} else if cc, isFourCC := fourCCNumber(id); isFourCC && a.Codec == "" {
+			a.Codec = fourCC(cc)
 		}
 	}
 	if r, ok := num("audiosamplerate"); ok && r > 0 && m.audio().SampleRate == 0 {
