@@ -123,6 +123,7 @@ func TestEnhancedCodecsThroughOriginAndEdge(t *testing.T) {
 		{"live/vp9", "", []string{vp9, opus}, "vp9", "opus"},
 		{"live/mt", "", []string{hi, vp9, aac}, "av1", "aac"}, // multitrack, track 0: AV1
 		{"live/mt", "?vtrack=1", []string{}, "vp9", "aac"},    // track 1 (many codecs): VP9
+		{"live/flv", "", []string{demoFile()}, "avc", "aac"},  // a legacy FLV file, replayed
 	}
 	for _, cs := range cases {
 		if len(cs.files) > 0 {
