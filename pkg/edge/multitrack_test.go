@@ -202,3 +202,80 @@ func TestMultitrackAudioOnly(t *testing.T) {
 		return
 	}
 }
+
+// oneTrack is a OneTrack av01 CodedFrames message of a track.
+func oneTrack(key bool, track byte, data []byte) []byte {
+	frame := byte(2)
+	if key {
+		frame = 1
+	}
+	return append([]byte{0x80 | frame<<4 | 6, 0<<4 | 1, 'a', 'v', '0', '1', track}, data...)
+}
+
+// A viewer of track 1 that falls behind skips to the newest keyframe of track 1,
+// never to one of track 0 and never into a GOP's middle. The tracks come in
+// messages of their own here, with keyframes half a GOP apart.
+func TestMultitrackSlowViewerSkipsToItsTrackKeyframe(t *testing.T) {
+	r := newRig(t, edge.Config{MergeWindow: 5 * time.Millisecond, MaxLagBytes: 1 << 10, MaxSkips: 100, RingSize: 1024})
+	p := publishMultitrack(t, r, "live/mts")
+	frames := func(n int) {
+		for i := 0; i < n; i++ {
+			seq := byte(p.n)
+			must(t, p.s.WriteTag(flv.TypeVideo, p.ts, oneTrack(p.n%10 == 0, 0, bytes.Repeat([]byte{0xB0, seq}, 20))))
+			must(t, p.s.WriteTag(flv.TypeVideo, p.ts, oneTrack(p.n%10 == 5, 1, bytes.Repeat([]byte{0xB1, seq}, 50))))
+			must(t, p.s.WriteTag(flv.TypeAudio, p.ts, []byte{0xAF, 1, 0x21, seq}))
+			p.ts += 40
+			p.n++
+		}
+	}
+	frames(11)
+	v, err := r.hub.WatchTrack(r.ctx, name("live/mts"), 1)
+	must(t, err)
+	t.Cleanup(v.Close)
+	slow := &watcher{v: v}
+	checkTrack(t, read(t, slow, 1, 5*time.Second), 1)
+	skips := 0
+	for round := 0; round < 3; round++ {
+		frames(15) // ~3 KB pass the viewer by: over MaxLagBytes
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		bufs, err := v.Next(ctx, nil)
+		cancel()
+		must(t, err)
+		first := flv.Tag(bufs[0])
+		if first.Type() != flv.TypeVideo {
+			continue
+		}
+		b := first.Body()
+		if flv.Classify(first.Type(), b) != flv.KindKeyframe || b[5] != 0xB1 {
+			t.Fatalf("round %d: after falling behind the viewer starts with % x, want a track-1 keyframe", round, b[:8])
+		}
+		skips++
+	}
+	if skips == 0 {
+		t.Fatal("the viewer never skipped")
+	}
+}
+
+// Tracks sent in messages of their own, keyframes half a GOP apart: the origin's
+// snapshot starts at the oldest track's newest keyframe, so a first viewer of
+// either track starts at once from it, without waiting for another keyframe.
+func TestMultitrackColdJoinOfEveryTrack(t *testing.T) {
+	r := newRig(t, edge.Config{MergeWindow: 5 * time.Millisecond})
+	p := publishMultitrack(t, r, "live/mtc")
+	for n := 0; n < 12; n++ {
+		ts := uint32(n * 40)
+		must(t, p.s.WriteTag(flv.TypeVideo, ts, oneTrack(n%10 == 0, 0, bytes.Repeat([]byte{0xB0, byte(n)}, 20))))
+		must(t, p.s.WriteTag(flv.TypeVideo, ts, oneTrack(n%10 == 5, 1, bytes.Repeat([]byte{0xB1, byte(n)}, 50))))
+		must(t, p.s.WriteTag(flv.TypeAudio, ts, []byte{0xAF, 1, 0x21, byte(n)}))
+	}
+	for _, track := range []int{1, 0} {
+		ctx, cancel := context.WithTimeout(r.ctx, 5*time.Second)
+		v, err := r.hub.WatchTrack(ctx, name("live/mtc"), track)
+		cancel()
+		if err != nil {
+			t.Fatalf("track %d: %v (no start point in the snapshot)", track, err)
+		}
+		t.Cleanup(v.Close)
+		checkTrack(t, read(t, &watcher{v: v}, 1, 5*time.Second), byte(track))
+	}
+}

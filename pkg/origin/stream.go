@@ -274,6 +274,7 @@ type cache struct {
 	trackHdrs          map[uint8]bus.Frame
 	gop                []bus.Frame // nil while no usable GOP
 	gopBytes           int
+	tracks             gopTracks // multitrack keyframes in the GOP (multitrack.go)
 	hasAudio, hasVideo bool
 }
 
@@ -304,13 +305,15 @@ func (c *cache) add(kind flv.Kind, f bus.Frame) (overflow bool) {
 		} else {
 			c.videoHdr = f
 		}
-		c.gop, c.gopBytes = nil, 0 // frames after a new header need a new keyframe
+		c.gop, c.gopBytes, c.tracks = nil, 0, gopTracks{} // frames after a new header need a new keyframe
 		return false
 	case flv.KindAudioHeader:
 		c.audioHdr = f
 		return false
 	case flv.KindKeyframe:
-		c.gop, c.gopBytes = make([]bus.Frame, 0, 64), 0
+		if !c.multitrackKey(f) {
+			c.gop, c.gopBytes, c.tracks = make([]bus.Frame, 0, 64), 0, gopTracks{}
+		}
 	}
 	if c.gop == nil {
 		if c.hasVideo {
@@ -324,7 +327,7 @@ func (c *cache) add(kind flv.Kind, f bus.Frame) (overflow bool) {
 			c.gopBytes -= len(c.gop[0].Tag)
 			c.gop = c.gop[1:]
 		} else {
-			c.gop, c.gopBytes = nil, 0
+			c.gop, c.gopBytes, c.tracks = nil, 0, gopTracks{}
 			return true
 		}
 	}
