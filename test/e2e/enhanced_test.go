@@ -81,7 +81,12 @@ func aacMedia(t testing.TB, dir string) string {
 // publishES publishes files with the test publisher, looping, until the test ends.
 func publishES(ctx context.Context, t testing.TB, url string, files ...string) {
 	t.Helper()
-	open := func() (pub.Input, error) { return pub.OpenAll(files, pub.Options{FPS: 25}) }
+	publishWith(ctx, t, url, pub.Options{FPS: 25}, files...)
+}
+
+func publishWith(ctx context.Context, t testing.TB, url string, o pub.Options, files ...string) {
+	t.Helper()
+	open := func() (pub.Input, error) { return pub.OpenAll(files, o) }
 	if _, err := open(); err != nil {
 		t.Fatalf("publisher input: %v", err)
 	}
@@ -101,6 +106,13 @@ func publishES(ctx context.Context, t testing.TB, url string, files ...string) {
 	})
 }
 
+// codecCase is one stream (published from files, or already) and a viewer query.
+type codecCase struct {
+	stream, query string
+	files         []string
+	video, audio  string
+}
+
 // Every Enhanced codec goes through origin and edge: a viewer at once and one that
 // joins later both get a conforming stream (probe: header flags, join order from a
 // keyframe after its sequence header, timing), with the codecs named.
@@ -113,11 +125,7 @@ func TestEnhancedCodecsThroughOriginAndEdge(t *testing.T) {
 	c := newCluster(ctx, t)
 	o := c.startOrigin()
 	e := c.startEdge()
-	cases := []struct {
-		stream, query string
-		files         []string
-		video, audio  string
-	}{
+	cases := []codecCase{
 		{"live/av1", "", []string{av1, opus}, "av1", "opus"},
 		{"live/hevc", "", []string{hevc, aac}, "hevc", "aac"},
 		{"live/vp9", "", []string{vp9, opus}, "vp9", "opus"},
@@ -131,6 +139,12 @@ func TestEnhancedCodecsThroughOriginAndEdge(t *testing.T) {
 			e.waitPlayable(ctx, t, cs.stream)
 		}
 	}
+	// OBS-style multitrack: each track's frames in OneTrack messages of their own.
+	publishWith(ctx, t, o.rtmpURL("live/obs", ""), pub.Options{FPS: 25, Separate: true}, hi, vp9, aac)
+	e.waitPlayable(ctx, t, "live/obs")
+	cases = append(cases,
+		codecCase{"live/obs", "", nil, "av1", "aac"},
+		codecCase{"live/obs", "?vtrack=1", nil, "vp9", "aac"})
 	for _, cs := range cases {
 		t.Run(strings.TrimPrefix(cs.stream+cs.query, "live/"), func(t *testing.T) {
 			url := e.url(cs.stream) + cs.query

@@ -35,6 +35,7 @@ func main() {
 	u := flag.String("url", "", "rtmp://HOST[:PORT]/app/stream[?key=...]")
 	loop := flag.Bool("loop", false, "loop the input forever")
 	fps := flag.Float64("fps", 25, "frame rate of Annex B HEVC input")
+	separate := flag.Bool("separate", false, "multitrack: each track's frames in messages of their own (as OBS sends them)")
 	flag.Parse()
 	if len(in) == 0 || *u == "" || flag.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "usage: publish -i FILE [-i FILE ...] -url rtmp://HOST/app/stream [-loop] [-fps N]")
@@ -42,7 +43,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, in, *u, *loop, pub.Options{FPS: *fps}); err != nil {
+	if err := run(ctx, in, *u, *loop, pub.Options{FPS: *fps, Separate: *separate}); err != nil {
 		slog.Error("publish", "err", err)
 		os.Exit(1)
 	}

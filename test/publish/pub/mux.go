@@ -87,13 +87,15 @@ func (in *trackInput) Next() (Message, error) {
 // not) go in one message (ManyTracks, or ManyTracksManyCodecs when codecs differ),
 // a frame alone in a OneTrack message.
 type multitrackInput struct {
-	ts      []Track
-	heads   []*Frame
-	started bool
+	ts       []Track
+	heads    []*Frame
+	started  bool
+	separate bool // one OneTrack message per frame
 }
 
-// MultitrackInput is the Input of video tracks sent as one multitrack stream.
-func MultitrackInput(ts []Track) (Input, error) {
+// MultitrackInput is the Input of video tracks sent as one multitrack stream;
+// with separate, every frame goes in a OneTrack message of its own.
+func MultitrackInput(ts []Track, separate bool) (Input, error) {
 	if len(ts) == 0 || len(ts) > 256 {
 		return nil, fmt.Errorf("multitrack: %d tracks", len(ts))
 	}
@@ -102,7 +104,7 @@ func MultitrackInput(ts []Track) (Input, error) {
 			return nil, errors.New("multitrack: only video tracks")
 		}
 	}
-	return &multitrackInput{ts: ts, heads: make([]*Frame, len(ts))}, nil
+	return &multitrackInput{ts: ts, heads: make([]*Frame, len(ts)), separate: separate}, nil
 }
 
 type trackPart struct {
@@ -182,7 +184,7 @@ func (in *multitrackInput) Next() (Message, error) {
 	key := false
 	for i, h := range in.heads {
 		if h != nil && h.Time == first {
-			if len(parts) > 0 && h.Key != key {
+			if len(parts) > 0 && (h.Key != key || in.separate) {
 				continue // sent in a message of its own next
 			}
 			key = h.Key

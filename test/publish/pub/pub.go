@@ -45,6 +45,9 @@ var ErrFormat = errors.New("pub: malformed input")
 type Options struct {
 	// FPS is the frame rate of Annex B HEVC input, which carries no timestamps (default 25).
 	FPS float64
+	// Separate sends each track of a multitrack stream in OneTrack messages of its
+	// own (as OBS does) instead of one message per time for all tracks.
+	Separate bool
 }
 
 // Open opens one input file as a Track (an elementary stream) or, for FLV, as
@@ -122,7 +125,7 @@ func OpenAll(files []string, o Options) (Input, error) {
 	case len(video) == 1:
 		ins = append(ins, TrackInput(video[0]))
 	case len(video) > 1:
-		mt, err := MultitrackInput(video)
+		mt, err := MultitrackInput(video, o.Separate)
 		if err != nil {
 			return nil, err
 		}

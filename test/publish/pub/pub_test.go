@@ -103,7 +103,7 @@ func fake(fourcc string, n, gop int, b byte) *frames {
 // The multitrack muxer's messages, read by the product's parser: sequence starts
 // one track per message, then one message per time with every track's frame.
 func TestMultitrackMessages(t *testing.T) {
-	in, err := MultitrackInput([]Track{fake("av01", 4, 2, 0xA0), fake("hvc1", 4, 2, 0xB0)})
+	in, err := MultitrackInput([]Track{fake("av01", 4, 2, 0xA0), fake("hvc1", 4, 2, 0xB0)}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
