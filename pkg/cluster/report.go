@@ -83,7 +83,7 @@ func OriginReport(id string, o *origin.Origin) func(now time.Time) Report {
 			bps := sr.per(now, s.Bytes)
 			r.Node.BytesOutPerS += bps
 			r.Published = append(r.Published, Published{Name: string(s.Name), Started: s.Started,
-				Video: s.Media.Video, Audio: s.Media.Audio, BitrateKbps: bps * 8 / 1000})
+				Video: s.Media.Video, Audio: s.Media.Audio, Tracks: s.Media.Tracks, BitrateKbps: bps * 8 / 1000})
 		}
 		for k := range bySession {
 			if !seen[k] {

@@ -51,11 +51,13 @@ type Node struct {
 
 // Published is a stream as its origin reports it.
 type Published struct {
-	Name        string         `json:"name"`
-	Started     time.Time      `json:"started"`
-	Video       *flv.VideoInfo `json:"video,omitempty"`
-	Audio       *flv.AudioInfo `json:"audio,omitempty"`
-	BitrateKbps float64        `json:"bitrate_kbps"`
+	Name    string         `json:"name"`
+	Started time.Time      `json:"started"`
+	Video   *flv.VideoInfo `json:"video,omitempty"`
+	Audio   *flv.AudioInfo `json:"audio,omitempty"`
+	// Tracks: the video tracks of a multitrack (Enhanced RTMP v2) stream.
+	Tracks      []flv.TrackInfo `json:"tracks,omitempty"`
+	BitrateKbps float64         `json:"bitrate_kbps"`
 }
 
 // Served is a stream as an edge reports it.
@@ -73,14 +75,17 @@ type Report struct {
 
 // Stream is one live stream across the cluster, as GET /api/v1/streams shows it.
 type Stream struct {
-	Name          string         `json:"name"`
-	Origin        string         `json:"origin"`
-	Video         *flv.VideoInfo `json:"video"`
-	Audio         *flv.AudioInfo `json:"audio"`
-	BitrateKbps   float64        `json:"bitrate_kbps"`
-	UptimeS       float64        `json:"uptime_s"`
-	Viewers       int            `json:"viewers"`
-	ViewersByEdge map[string]int `json:"viewers_by_edge"`
+	Name   string         `json:"name"`
+	Origin string         `json:"origin"`
+	Video  *flv.VideoInfo `json:"video"`
+	Audio  *flv.AudioInfo `json:"audio"`
+	// Tracks lists the video tracks of a multitrack stream (absent for one track):
+	// id and codec; players pick one with ?vtrack=ID.
+	Tracks        []flv.TrackInfo `json:"tracks,omitempty"`
+	BitrateKbps   float64         `json:"bitrate_kbps"`
+	UptimeS       float64         `json:"uptime_s"`
+	Viewers       int             `json:"viewers"`
+	ViewersByEdge map[string]int  `json:"viewers_by_edge"`
 }
 
 // View is the latest report of every node (by role and id) heard from within MaxAge.
@@ -152,7 +157,7 @@ func (v *View) Streams() []Stream {
 	for _, r := range reports {
 		for _, p := range r.Published {
 			s := &Stream{Name: p.Name, Origin: r.Node.ID, Video: p.Video, Audio: p.Audio,
-				BitrateKbps: p.BitrateKbps, UptimeS: now.Sub(p.Started).Round(time.Second).Seconds(),
+				Tracks: p.Tracks, BitrateKbps: p.BitrateKbps, UptimeS: now.Sub(p.Started).Round(time.Second).Seconds(),
 				ViewersByEdge: map[string]int{}}
 			// Two origins reporting one name (a takeover in progress): the newer session wins.
 			if old := byName[p.Name]; old == nil || old.UptimeS > s.UptimeS {

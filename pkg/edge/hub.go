@@ -166,6 +166,17 @@ func (h *Hub) followEvents(events <-chan registry.Event) {
 // It returns ErrNotFound at once for a stream no origin has. However many first
 // viewers arrive together, the stream is looked up and joined once.
 func (h *Hub) Watch(ctx context.Context, name stream.Name) (*Viewer, error) {
+	return h.WatchTrack(ctx, name, 0)
+}
+
+// WatchTrack is Watch for one video track of an Enhanced RTMP multitrack stream
+// (0, the default, is the only track of any other stream): the viewer gets that
+// track as ordinary single-track FLV. A track the stream does not have is
+// ErrNoTrack once the stream has a start point.
+func (h *Hub) WatchTrack(ctx context.Context, name stream.Name, track int) (*Viewer, error) {
+	if track < 0 || track > MaxTrack {
+		return nil, fmt.Errorf("video track %d: %w", track, ErrNoTrack)
+	}
 	if h.ctx.Err() != nil {
 		return nil, ErrShuttingDown
 	}
@@ -176,7 +187,7 @@ func (h *Hub) Watch(ctx context.Context, name stream.Name) (*Viewer, error) {
 		return nil, fmt.Errorf("edge limit of %d: %w", h.cfg.MaxViewers, ErrTooManyViewers)
 	}
 	for attempt := 0; attempt < 3; attempt++ {
-		v, err := h.stream(name).addViewer(ctx)
+		v, err := h.stream(name).addViewer(ctx, int16(track))
 		if errors.Is(err, errStreamGone) {
 			continue // raced with the actor stopping; start a new one
 		}

@@ -12,6 +12,9 @@ type entry struct {
 	tag flv.Tag
 	key bool   // a keyframe (or, for audio-only streams, any tag): a viewer may start here
 	cum uint64 // bytes of all tags up to and including this one
+	// track is the video track of a multitrack stream this tag belongs to, or
+	// allTracks: only viewers of that track are sent it.
+	track int16
 }
 
 // ring is a single-producer, many-reader buffer of the latest tags of a stream.
@@ -32,11 +35,14 @@ func newRing(size int) *ring {
 	return &ring{slots: make([]atomic.Pointer[entry], n), mask: uint64(n - 1)}
 }
 
-// push appends a tag; producer only.
-func (r *ring) push(t flv.Tag, key bool) *entry {
+// push appends a tag for every viewer; producer only.
+func (r *ring) push(t flv.Tag, key bool) *entry { return r.pushTrack(t, key, allTracks) }
+
+// pushTrack appends a tag for the viewers of one track (or allTracks); producer only.
+func (r *ring) pushTrack(t flv.Tag, key bool, track int16) *entry {
 	i := r.head.Load()
 	r.cum += uint64(len(t))
-	e := &entry{idx: i, tag: t, key: key, cum: r.cum}
+	e := &entry{idx: i, tag: t, key: key, cum: r.cum, track: track}
 	r.slots[i&r.mask].Store(e)
 	r.head.Store(i + 1)
 	return e

@@ -48,11 +48,17 @@ type joinPoint struct {
 	ok     bool      // start is valid
 	// audioOnly streams have no keyframes: a viewer starts a little before the head.
 	audioOnly bool
+	// tracks: the start point of each video track of a multitrack stream (nil
+	// for other streams); a viewer of a track starts there instead.
+	tracks map[int16]trackJoin
 }
 
 // Typed requests to the actor.
 type (
-	joinReq   struct{ res chan viewerResult }
+	joinReq struct {
+		res   chan viewerResult
+		track int16
+	}
 	cancelReq struct {
 		res  chan viewerResult
 		done chan struct{}
@@ -112,12 +118,14 @@ type Stream struct {
 	timeline   flv.Timeline
 	mediaOut   bool  // a media tag has been put on the timeline
 	failed     error // the stream could not be joined: joins get this until the actor stops
+	mt         multitrack
 }
 
 // waiter is a viewer waiting for the stream to have a start point.
 type waiter struct {
 	res   chan viewerResult
 	since time.Time
+	track int16
 }
 
 type viewerResult struct {
@@ -332,6 +340,7 @@ func (s *Stream) onSnapshot(a snapAnswer) {
 		s.hasVideo = a.s.Flags&bus.FlagHasVideo != 0
 		s.meta, s.videoHdr, s.audioHdr = nil, nil, nil
 		s.joinOK = false
+		s.mt.reset()
 		for _, t := range r.headers {
 			s.push(t.Tag) // viewers already watching need the new session's headers
 		}
@@ -359,28 +368,47 @@ func (s *Stream) onSnapshot(a snapAnswer) {
 // releaseWaiters hands viewers that waited for the stream their start, once there
 // is one: a keyframe (or, for audio-only streams, audio) after the headers.
 func (s *Stream) releaseWaiters() {
-	if (s.state != stateLive && s.state != stateLingering) || !s.joinOK || len(s.waiters) == 0 {
+	if (s.state != stateLive && s.state != stateLingering) || len(s.waiters) == 0 {
 		return
 	}
+	kept := s.waiters[:0]
 	for _, w := range s.waiters {
-		w.res <- viewerResult{v: s.newViewer()}
+		switch ready, err := s.startFor(w.track); {
+		case err != nil:
+			w.res <- viewerResult{err: fmt.Errorf("%s: %w", s.name, err)}
+		case ready:
+			w.res <- viewerResult{v: s.newViewer(w.track)}
+		default:
+			kept = append(kept, w)
+		}
 	}
-	s.waiters = nil
+	clear(s.waiters[len(kept):])
+	s.waiters = kept
 }
 
 // push puts a tag on the stream's timeline (in place, before it is shared: the
 // one timestamp rewrite), appends it to the ring and keeps the join point current:
 // the latest headers, the track flags, and where new viewers start.
 func (s *Stream) push(t flv.Tag) {
+	multi, malformed := s.enhanced(t) // a multitrack message's headers are kept per track
+	if malformed {
+		return
+	}
 	kind := flv.Classify(t.Type(), t.Body())
 	header := false
 	switch kind {
 	case flv.KindMetadata:
 		s.meta, header = t, true
 	case flv.KindVideoHeader:
-		s.videoHdr, s.hasVideo, header = t, true, true
+		if !multi {
+			s.videoHdr = t
+		}
+		s.hasVideo, header = true, true
 	case flv.KindAudioHeader:
-		s.audioHdr, s.hasAudio, header = t, true, true
+		if !multi {
+			s.audioHdr = t
+		}
+		s.hasAudio, header = true, true
 	}
 	switch t.Type() {
 	case flv.TypeVideo:
@@ -399,6 +427,10 @@ func (s *Stream) push(t flv.Tag) {
 	default:
 		t.SetTimestamp(s.timeline.Map(t.Timestamp()))
 		s.mediaOut = true
+	}
+	if multi {
+		s.pushTracks(t) // demuxed once here into single-track tags, shared by viewers
+		return
 	}
 	// Viewers may start at a keyframe; on an audio-only stream at any audio frame.
 	key := kind == flv.KindKeyframe || (!s.hasVideo && t.Type() == flv.TypeAudio && !header)
@@ -425,6 +457,7 @@ func (s *Stream) publishJoin() {
 			jp.tags = append(jp.tags, t)
 		}
 	}
+	jp.tracks = s.mt.joins()
 	s.join.Store(jp)
 }
 
@@ -515,15 +548,15 @@ func (s *Stream) onJoin(r joinReq) {
 		r.res <- viewerResult{err: fmt.Errorf("%s: stream limit of %d: %w", s.name, max, ErrTooManyViewers)}
 		return
 	}
-	s.waiters = append(s.waiters, waiter{res: r.res, since: time.Now()})
+	s.waiters = append(s.waiters, waiter{res: r.res, since: time.Now(), track: r.track})
 	s.releaseWaiters()
 }
 
 // addViewer asks the actor for a viewer, waiting while the stream joins.
-func (s *Stream) addViewer(ctx context.Context) (*Viewer, error) {
+func (s *Stream) addViewer(ctx context.Context, track int16) (*Viewer, error) {
 	res := make(chan viewerResult, 1)
 	select {
-	case s.joins <- joinReq{res: res}:
+	case s.joins <- joinReq{res: res, track: track}:
 	case <-s.done:
 		return nil, errStreamGone
 	case <-ctx.Done():
@@ -569,11 +602,11 @@ func (s *Stream) dropWaiter(res chan viewerResult) {
 }
 
 // newViewer runs on the actor.
-func (s *Stream) newViewer() *Viewer {
+func (s *Stream) newViewer(track int16) *Viewer {
 	s.viewers++
 	s.shown.Store(int64(s.viewers))
 	viewersGauge.Inc()
-	return newViewer(s, s.join.Load())
+	return newViewer(s, s.join.Load(), track)
 }
 
 // viewerLeft is called once per viewer, from its writer.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -33,11 +34,15 @@ type Viewer struct {
 	skips   []time.Time
 	capped  bool // the last batch stopped at a size cap with more queued
 	once    sync.Once
+	track   int16 // the video track this viewer gets (multitrack streams)
 }
 
-func newViewer(s *Stream, jp *joinPoint) *Viewer {
-	v := &Viewer{s: s, cursor: s.ring.head.Load()}
-	if jp != nil {
+func newViewer(s *Stream, jp *joinPoint, track int16) *Viewer {
+	v := &Viewer{s: s, cursor: s.ring.head.Load(), track: track}
+	trackViewers.WithLabelValues(strconv.Itoa(int(track))).Inc()
+	if jp != nil && jp.tracks != nil {
+		v.joinTrack(jp)
+	} else if jp != nil {
 		v.pre = append(v.pre, jp.header)
 		for _, t := range jp.tags {
 			v.pre = append(v.pre, t)
@@ -100,7 +105,7 @@ func (v *Viewer) collect(bufs net.Buffers) (net.Buffers, error) {
 	}
 	if !v.started {
 		for ; v.cursor < head; v.cursor++ {
-			if e := r.at(v.cursor); e != nil && e.key {
+			if e := r.at(v.cursor); e != nil && e.key && v.wants(e) {
 				v.started = true
 				break
 			}
@@ -116,14 +121,18 @@ func (v *Viewer) collect(bufs net.Buffers) (net.Buffers, error) {
 		}
 	}
 	n, size := 0, 0
-	for ; v.cursor < head && n < maxPerWrite && size < maxBatchBytes; n++ {
+	for v.cursor < head && n < maxPerWrite && size < maxBatchBytes {
 		e := r.at(v.cursor)
 		if e == nil {
 			break // overwritten while we read: the next call skips
 		}
+		v.cursor++
+		if !v.wants(e) {
+			continue // another track's tag: not sent, not charged
+		}
 		bufs = append(bufs, e.tag)
 		size += len(e.tag)
-		v.cursor++
+		n++
 	}
 	v.capped = v.cursor < head && (n >= maxPerWrite || size >= maxBatchBytes)
 	return bufs, nil
@@ -146,7 +155,7 @@ func (v *Viewer) skip(head uint64) error {
 		viewerDrops.WithLabelValues("slow").Inc()
 		return ErrTooSlow
 	}
-	if k := v.s.lastKey.Load(); k > 0 && k-1 > v.cursor {
+	if k := v.s.keyFor(v.track); k > 0 && k-1 > v.cursor {
 		v.cursor = k - 1
 		return nil
 	}
@@ -156,4 +165,9 @@ func (v *Viewer) skip(head uint64) error {
 }
 
 // Close releases the viewer. It is safe to call more than once.
-func (v *Viewer) Close() { v.once.Do(v.s.viewerLeft) }
+func (v *Viewer) Close() {
+	v.once.Do(func() {
+		trackViewers.WithLabelValues(strconv.Itoa(int(v.track))).Dec()
+		v.s.viewerLeft()
+	})
+}

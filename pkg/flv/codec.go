@@ -81,11 +81,21 @@ func classifyVideo(b []byte) Kind {
 	}
 	frameType := (b[0] >> 4) & 0x07
 	if b[0]&videoExHeaderBit != 0 {
-		// Enhanced RTMP: [1|frameType(3)|packetType(4)] FourCC(4) ...
-		if len(b) < 5 {
+		// Enhanced RTMP: [1|frameType(3)|packetType(4)], ModEx prefixes, then a FourCC
+		// or a multitrack header. The frame type holds for every track of a message.
+		_, packet, off, ok := exPacketType(TypeVideo, b)
+		if !ok || (frameType == frameCommand && packet != exMetadata) {
 			return KindOther
 		}
-		switch b[0] & 0x0F {
+		if packet == exMultitrack {
+			if off >= len(b) {
+				return KindOther
+			}
+			packet = b[off] & 0x0F
+		} else if len(b) < off+4 {
+			return KindOther
+		}
+		switch packet {
 		case exSequenceStart, exMPEG2TSSeqStart:
 			return KindVideoHeader
 		case exSequenceEnd:
@@ -95,7 +105,7 @@ func classifyVideo(b []byte) Kind {
 				return KindKeyframe
 			}
 		}
-		// Metadata, multitrack and ModEx packets are passed through without a role.
+		// Metadata and unknown packets are passed through without a role.
 		return KindOther
 	}
 	if frameType == frameCommand {
@@ -130,8 +140,21 @@ func classifyAudio(b []byte) Kind {
 			return KindAudioHeader
 		}
 	case audioExHdr:
-		// Enhanced RTMP v2 audio: [9|packetType(4)] FourCC(4) ...
-		if b[0]&0x0F == audioExSequenceStrt && len(b) >= 5 {
+		// Enhanced RTMP v2 audio: [9|packetType(4)], ModEx prefixes, then a FourCC or
+		// a multitrack header.
+		_, packet, off, ok := exPacketType(TypeAudio, b)
+		if !ok {
+			return KindOther
+		}
+		if packet == audioExMultitrack {
+			if off >= len(b) {
+				return KindOther
+			}
+			packet = b[off] & 0x0F
+		} else if len(b) < off+4 {
+			return KindOther
+		}
+		if packet == audioExSequenceStrt {
 			return KindAudioHeader
 		}
 	}

@@ -7,6 +7,15 @@ package flv
 type MediaInfo struct {
 	Video *VideoInfo `json:"video,omitempty"`
 	Audio *AudioInfo `json:"audio,omitempty"`
+	// Tracks lists the video tracks of an Enhanced RTMP multitrack stream, by
+	// track id (nil for a single-track stream). Video describes track 0.
+	Tracks []TrackInfo `json:"tracks,omitempty"`
+}
+
+// TrackInfo is one video track of a multitrack stream, from its sequence header.
+type TrackInfo struct {
+	ID    int    `json:"id"`
+	Codec string `json:"codec"`
 }
 
 // VideoInfo is the video track of a MediaInfo. Zero means unknown.
@@ -34,6 +43,7 @@ func (m MediaInfo) Clone() MediaInfo {
 		a := *m.Audio
 		m.Audio = &a
 	}
+	m.Tracks = append([]TrackInfo(nil), m.Tracks...)
 	return m
 }
 
@@ -74,13 +84,28 @@ func (m *MediaInfo) Observe(t Tag) {
 		m.fromMetadata(md)
 	case KindVideoHeader:
 		if body[0]&videoExHeaderBit != 0 {
-			m.video().Codec = fourCC(body[1:5])
+			ex, err := ParseEx(TypeVideo, body, nil)
+			if err != nil || len(ex.Packets) == 0 {
+				return
+			}
+			if !ex.Multitrack {
+				m.video().Codec = fourCC(ex.Packets[0].FourCC[:])
+				return
+			}
+			for _, p := range ex.Packets {
+				m.track(int(p.Track), fourCC(p.FourCC[:]))
+				if p.Track == 0 {
+					m.video().Codec = fourCC(p.FourCC[:])
+				}
+			}
 		} else if name, ok := videoCodecIDs[int(body[0]&0x0F)]; ok {
 			m.video().Codec = name
 		}
 	case KindAudioHeader:
 		if body[0]>>4 == audioExHdr {
-			m.audio().Codec = fourCC(body[1:5])
+			if ex, err := ParseEx(TypeAudio, body, nil); err == nil && len(ex.Packets) > 0 {
+				m.audio().Codec = fourCC(ex.Packets[0].FourCC[:])
+			}
 			return
 		}
 		a := m.audio()
@@ -97,6 +122,30 @@ func (m *MediaInfo) Observe(t Tag) {
 	}
 }
 
+// fourCCNumber reads an onMetaData codec id that is a FourCC as a 32-bit number.
+func fourCCNumber(id float64) ([]byte, bool) {
+	if id < 1<<24 || id >= 1<<32 || id != float64(uint32(id)) {
+		return nil, false
+	}
+	n := uint32(id)
+	return []byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}, true
+}
+
+// track records a video track's codec, keeping Tracks sorted by id.
+func (m *MediaInfo) track(id int, codec string) {
+	for i := range m.Tracks {
+		if m.Tracks[i].ID == id {
+			m.Tracks[i].Codec = codec
+			return
+		}
+	}
+	i := 0
+	for i < len(m.Tracks) && m.Tracks[i].ID < id {
+		i++
+	}
+	m.Tracks = append(m.Tracks[:i], append([]TrackInfo{{ID: id, Codec: codec}}, m.Tracks[i:]...)...)
+}
+
 func fourCC(b []byte) string {
 	if name, ok := fourCCs[string(b)]; ok {
 		return name
@@ -110,6 +159,8 @@ func (m *MediaInfo) fromMetadata(md Metadata) {
 		v := m.video()
 		if name, known := videoCodecIDs[int(id)]; known && v.Codec == "" {
 			v.Codec = name
+		} else if cc, isFourCC := fourCCNumber(id); isFourCC && v.Codec == "" {
+			v.Codec = fourCC(cc) // Enhanced RTMP: the codec id is the FourCC as a number
 		}
 	}
 	if s, ok := md["videocodecid"].(string); ok && m.video().Codec == "" {
@@ -128,6 +179,8 @@ func (m *MediaInfo) fromMetadata(md Metadata) {
 		a := m.audio()
 		if name, known := audioCodecIDs[int(id)]; known && a.Codec == "" {
 			a.Codec = name
+		} else if cc, isFourCC := fourCCNumber(id); isFourCC && a.Codec == "" {
+			a.Codec = fourCC(cc)
 		}
 	}
 	if r, ok := num("audiosamplerate"); ok && r > 0 && m.audio().SampleRate == 0 {

@@ -119,6 +119,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	track, err := parseVTrack(r.URL.Query())
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
 	if s.PlaySecret != "" {
 		if err := stream.VerifyPlay(s.PlaySecret, r.URL.Path, r.URL.Query(), time.Now()); err != nil {
 			playDenied.Inc()
@@ -145,7 +150,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// Range: bytes=0- and Icy-MetaData: 1 (sent by ffmpeg) are tolerated: a live
 	// stream has no ranges, so they get the plain 200 stream.
-	v, err := s.Hub.Watch(r.Context(), name)
+	v, err := s.watch(r.Context(), name, track)
 	if err != nil {
 		s.refuse(w, name, err)
 		s.stopped(pl, 0)
@@ -269,6 +274,8 @@ func (s *Server) refuse(w http.ResponseWriter, name stream.Name, err error) {
 	switch {
 	case errors.Is(err, edge.ErrNotFound):
 		http.Error(w, "stream not found: "+string(name), http.StatusNotFound)
+	case errors.Is(err, edge.ErrNoTrack):
+		http.Error(w, err.Error(), http.StatusNotFound)
 	case errors.Is(err, edge.ErrJoinTimeout):
 		http.Error(w, "stream did not start in time: "+string(name), http.StatusGatewayTimeout)
 	case errors.Is(err, edge.ErrTooManyViewers):

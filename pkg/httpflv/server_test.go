@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -84,6 +85,21 @@ func TestHTTPSurface(t *testing.T) {
 		}
 		if rec.Header().Get("Access-Control-Allow-Origin") != "*" {
 			t.Errorf("%s %s: no CORS header", c.method, c.target)
+		}
+	}
+}
+
+func TestParseVTrack(t *testing.T) {
+	for q, want := range map[string]int{"": 0, "vtrack=0": 0, "vtrack=1": 1, "vtrack=255": 255, "x=1": 0} {
+		v, _ := url.ParseQuery(q)
+		if got, err := parseVTrack(v); err != nil || got != want {
+			t.Errorf("%q: %d, %v; want %d", q, got, err, want)
+		}
+	}
+	for _, q := range []string{"vtrack=", "vtrack=-1", "vtrack=256", "vtrack=1000", "vtrack=a", "vtrack=+1", "vtrack=1&vtrack=2", "vtrack=0x1", "vtrack=1.0"} {
+		v, _ := url.ParseQuery(q)
+		if _, err := parseVTrack(v); err == nil {
+			t.Errorf("%q accepted", q)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -268,9 +269,13 @@ type cache struct {
 	maxBytes, maxFrames int
 
 	meta, videoHdr, audioHdr bus.Frame
-	gop                      []bus.Frame // nil while no usable GOP
-	gopBytes                 int
-	hasAudio, hasVideo       bool
+	// trackHdrs: the latest multitrack message with a sequence start, per video
+	// track (Enhanced RTMP v2: each track has its own, often in its own message).
+	trackHdrs          map[uint8]bus.Frame
+	gop                []bus.Frame // nil while no usable GOP
+	gopBytes           int
+	tracks             gopTracks // multitrack keyframes in the GOP (multitrack.go)
+	hasAudio, hasVideo bool
 }
 
 // add takes one frame; it reports whether the GOP overflowed its caps.
@@ -290,14 +295,25 @@ func (c *cache) add(kind flv.Kind, f bus.Frame) (overflow bool) {
 		}
 		return false
 	case flv.KindVideoHeader:
-		c.videoHdr = f
-		c.gop, c.gopBytes = nil, 0 // frames after a new header need a new keyframe
+		if ex, err := flv.ParseEx(flv.TypeVideo, f.Tag.Body(), nil); err == nil && ex.Multitrack {
+			if c.trackHdrs == nil {
+				c.trackHdrs = map[uint8]bus.Frame{}
+			}
+			for _, p := range ex.Packets {
+				c.trackHdrs[p.Track] = f
+			}
+		} else {
+			c.videoHdr = f
+		}
+		c.gop, c.gopBytes, c.tracks = nil, 0, gopTracks{} // frames after a new header need a new keyframe
 		return false
 	case flv.KindAudioHeader:
 		c.audioHdr = f
 		return false
 	case flv.KindKeyframe:
-		c.gop, c.gopBytes = make([]bus.Frame, 0, 64), 0
+		if !c.multitrackKey(f) {
+			c.gop, c.gopBytes, c.tracks = make([]bus.Frame, 0, 64), 0, gopTracks{}
+		}
 	}
 	if c.gop == nil {
 		if c.hasVideo {
@@ -311,7 +327,7 @@ func (c *cache) add(kind flv.Kind, f bus.Frame) (overflow bool) {
 			c.gopBytes -= len(c.gop[0].Tag)
 			c.gop = c.gop[1:]
 		} else {
-			c.gop, c.gopBytes = nil, 0
+			c.gop, c.gopBytes, c.tracks = nil, 0, gopTracks{}
 			return true
 		}
 	}
@@ -322,11 +338,22 @@ func (c *cache) add(kind flv.Kind, f bus.Frame) (overflow bool) {
 
 // snapshot lists what a joining edge needs: metadata, sequence headers, GOP.
 func (c *cache) snapshot() []bus.Frame {
-	frames := make([]bus.Frame, 0, 3+len(c.gop))
-	for _, f := range []bus.Frame{c.meta, c.videoHdr, c.audioHdr} {
+	frames := make([]bus.Frame, 0, 3+len(c.trackHdrs)+len(c.gop))
+	for _, f := range []bus.Frame{c.meta, c.videoHdr} {
 		if f.Tag != nil {
 			frames = append(frames, f)
 		}
+	}
+	// Multitrack headers in track order, each message once.
+	for id := 0; id < 256 && len(c.trackHdrs) > 0; id++ {
+		f, ok := c.trackHdrs[uint8(id)]
+		if !ok || slices.ContainsFunc(frames, func(g bus.Frame) bool { return &g.Tag[0] == &f.Tag[0] }) {
+			continue
+		}
+		frames = append(frames, f)
+	}
+	if c.audioHdr.Tag != nil {
+		frames = append(frames, c.audioHdr)
 	}
 	return append(frames, c.gop...)
 }

@@ -322,6 +322,10 @@ func (c *Checker) tag(at time.Time, typ byte, ts uint32, streamID uint32, body [
 	if streamID != 0 {
 		return c.fail("stream id %d, want 0", streamID)
 	}
+	if cl.Multitrack && c.o.Strict {
+		// flvcdn delivers one track per viewer: players read single-track FLV only.
+		return c.fail("%s at %d ms is an Enhanced RTMP multitrack message, want single-track tags", tagTypeName(typ), ts)
+	}
 	if c.r.Tags == 1 && c.o.Strict && cl.Kind != KindMetadata {
 		return c.fail("first tag is %s, want onMetaData", describe(typ, cl, ts))
 	}
@@ -533,6 +537,16 @@ func (c *Checker) Finish(at time.Time) error {
 		}
 	}
 	return nil
+}
+
+func tagTypeName(typ byte) string {
+	switch typ {
+	case TypeVideo:
+		return "video"
+	case TypeAudio:
+		return "audio"
+	}
+	return "script"
 }
 
 func describe(typ byte, cl Class, ts uint32) string {

@@ -13,7 +13,7 @@ type Kind uint8
 
 // Kinds of tags.
 const (
-	KindOther       Kind = iota // not judged: unknown codecs, multitrack, ModEx packets
+	KindOther       Kind = iota // not judged: unknown codecs and packet types
 	KindMetadata                // script data named onMetaData (or @setDataFrame onMetaData)
 	KindScript                  // other script data
 	KindVideoHeader             // a decoder configuration (sequence start)
@@ -48,6 +48,10 @@ type Class struct {
 	Codec string
 	// NeedsHeader: a decoder of this codec needs a sequence header before the first frame.
 	NeedsHeader bool
+	// Multitrack: an Enhanced RTMP v2 multitrack message (several tracks in one tag),
+	// which a single-track player cannot read. Kind and Codec are then those of its
+	// first track.
+	Multitrack bool
 }
 
 // Classify says what a tag of type typ with this body is.
@@ -129,19 +133,29 @@ func frameKind(frame byte) Kind {
 // 0 SequenceStart, 1 CodedFrames, 2 SequenceEnd, 3 CodedFramesX, 4 Metadata,
 // 5 MPEG2TSSequenceStart, 6 Multitrack, 7 ModEx.
 func classifyExVideo(b []byte) Class {
-	frame, packet := (b[0]>>4)&7, b[0]&0x0f
+	frame := (b[0] >> 4) & 7
+	packet, rest, ok := exPacket(b, 7)
+	if !ok {
+		return Class{}
+	}
 	if frame == 5 && packet != 4 { // a command frame carries a command byte, no FourCC
 		return Class{Kind: KindVideoInfo}
 	}
-	if len(b) < 5 || packet == 6 || packet == 7 {
-		return Class{}
+	multi := packet == 6
+	if multi {
+		if packet, rest, ok = exMultitrack(rest); !ok {
+			return Class{Multitrack: true}
+		}
 	}
-	fourcc := string(b[1:5])
+	if len(rest) < 4 || packet == 6 || packet == 7 {
+		return Class{Multitrack: multi}
+	}
+	fourcc := string(rest[:4])
 	name, known := exVideo[fourcc]
 	if !known {
-		return Class{Codec: fourcc}
+		return Class{Codec: fourcc, Multitrack: multi}
 	}
-	out := Class{Codec: name, NeedsHeader: true}
+	out := Class{Codec: name, NeedsHeader: true, Multitrack: multi}
 	switch packet {
 	case 0, 5:
 		out.Kind = KindVideoHeader
@@ -153,6 +167,43 @@ func classifyExVideo(b []byte) Class {
 		out.Kind = KindOther
 	}
 	return out
+}
+
+// exPacket reads the packet type of an Enhanced header (the low 4 bits of b[0]),
+// stepping over ModEx prefixes (packet type modEx: a size byte, 255 meaning a 16-bit
+// size follows, size+1 bytes of data, then [ModExType(4) | PacketType(4)]). It
+// returns the packet type and the bytes after it.
+func exPacket(b []byte, modEx byte) (byte, []byte, bool) {
+	packet, rest := b[0]&0x0f, b[1:]
+	for packet == modEx {
+		if len(rest) < 1 {
+			return 0, nil, false
+		}
+		n := int(rest[0]) + 1
+		rest = rest[1:]
+		if n == 256 {
+			if len(rest) < 2 {
+				return 0, nil, false
+			}
+			n = int(rest[0])<<8 | int(rest[1]) + 1
+			rest = rest[2:]
+		}
+		if len(rest) < n+1 {
+			return 0, nil, false
+		}
+		packet, rest = rest[n]&0x0f, rest[n+1:]
+	}
+	return packet, rest, true
+}
+
+// exMultitrack reads a multitrack header: [AvMultitrackType(4) | PacketType(4)],
+// then (unless the type is 2, ManyTracksManyCodecs) the FourCC of every track; it
+// returns the tracks' packet type and the bytes from the (first) FourCC on.
+func exMultitrack(b []byte) (byte, []byte, bool) {
+	if len(b) < 1 || b[0]>>4 > 2 {
+		return 0, nil, false
+	}
+	return b[0] & 0x0f, b[1:], true
 }
 
 // Legacy AUDIODATA: SoundFormat (4 bits) | rate | size | type, then for AAC (10) an
@@ -173,15 +224,19 @@ func classifyAudio(b []byte) Class {
 	}
 	format := b[0] >> 4
 	if format == 9 {
-		packet := b[0] & 0x0f
-		if len(b) < 5 || packet == 5 || packet == 7 {
-			return Class{}
+		packet, rest, ok := exPacket(b, 7)
+		multi := ok && packet == 5
+		if multi {
+			packet, rest, ok = exMultitrack(rest)
 		}
-		c, known := exAudio[string(b[1:5])]
+		if !ok || len(rest) < 4 || packet == 5 || packet == 7 {
+			return Class{Multitrack: multi}
+		}
+		c, known := exAudio[string(rest[:4])]
 		if !known {
-			return Class{Codec: string(b[1:5])}
+			return Class{Codec: string(rest[:4]), Multitrack: multi}
 		}
-		out := Class{Codec: c.name, NeedsHeader: c.header}
+		out := Class{Codec: c.name, NeedsHeader: c.header, Multitrack: multi}
 		switch packet {
 		case 0:
 			out.Kind = KindAudioHeader

@@ -464,3 +464,94 @@ func TestClassify(t *testing.T) {
 		}
 	}
 }
+
+// enhancedLive is live() with Enhanced RTMP video of fourcc and audio of the given
+// header and frame bodies: sequence starts after metadata, then CodedFrames.
+func enhancedLive(secs int, fourcc string, aHeader, aFrame []byte) *synth {
+	hdr := append([]byte{0x90}, fourcc...)   // key | SequenceStart
+	key := append([]byte{0x91}, fourcc...)   // key | CodedFrames
+	inter := append([]byte{0xA1}, fourcc...) // inter | CodedFrames
+	if fourcc == "hvc1" || fourcc == "avc1" {
+		key, inter = append(key, 0, 0, 0), append(inter, 0, 0, 0) // composition time
+	}
+	s := &synth{flags: 5}
+	s.add(TypeScript, 0, 0, metadata())
+	s.add(TypeVideo, 0, 0, append(hdr, 1, 2, 3))
+	s.add(TypeAudio, 0, 0, aHeader)
+	for v, a := 0, 0; v < secs*1000; v += 40 {
+		body := inter
+		if v%1000 == 0 {
+			body = key
+		}
+		s.add(TypeVideo, uint32(v), time.Duration(v)*time.Millisecond, append(body, 0xEE))
+		for ; a < v+40; a += 20 {
+			s.add(TypeAudio, uint32(a), time.Duration(a)*time.Millisecond, aFrame)
+		}
+	}
+	return s
+}
+
+var (
+	opusHeader = append([]byte{0x90, 'O', 'p', 'u', 's'}, "OpusHead\x01\x02\x38\x01\x80\xbb\x00\x00\x00\x00\x00"...)
+	opusFrame  = []byte{0x91, 'O', 'p', 'u', 's', 0xFC, 0xFF}
+)
+
+// Every Enhanced codec: a join-shaped stream conforms, and the probe names a
+// keyframe before its sequence header and an inter frame before the first keyframe.
+func TestEnhancedCodecsJoinOrder(t *testing.T) {
+	for _, c := range []struct {
+		fourcc, video   string
+		aHeader, aFrame []byte
+		audio           string
+	}{
+		{"hvc1", "hevc", aacHeader, aacFrame, "aac"},
+		{"av01", "av1", opusHeader, opusFrame, "opus"},
+		{"vp09", "vp9", opusHeader, opusFrame, "opus"},
+	} {
+		t.Run(c.video, func(t *testing.T) {
+			ch, err := enhancedLive(8, c.fourcc, c.aHeader, c.aFrame).feed(Options{Strict: true, MaxStall: time.Second})
+			if err != nil {
+				t.Fatalf("conforming %s stream: %v", c.video, err)
+			}
+			r := ch.Report()
+			if r.VideoCodec != c.video || r.AudioCodec != c.audio || r.Keyframes != 8 || r.RateWindows == 0 {
+				t.Fatalf("report %s", r)
+			}
+
+			noHeader := enhancedLive(2, c.fourcc, c.aHeader, c.aFrame)
+			noHeader.tags = append(noHeader.tags[:1], noHeader.tags[2:]...)
+			_, err = noHeader.feed(Options{Strict: true, MaxStall: time.Second})
+			wantViolation(t, err, c.video+" keyframe at 0 ms before any "+c.video+" sequence header")
+
+			midGOP := enhancedLive(2, c.fourcc, c.aHeader, c.aFrame)
+			for i, tg := range midGOP.tags {
+				if tg.typ == TypeVideo && tg.ts == 0 && i > 2 { // drop the first keyframe
+					midGOP.tags = append(midGOP.tags[:i], midGOP.tags[i+1:]...)
+					break
+				}
+			}
+			_, err = midGOP.feed(Options{MaxStall: time.Second}) // not strict: audio may lead
+			wantViolation(t, err, "video inter frame at 40 ms before the first keyframe")
+		})
+	}
+}
+
+func TestEnhancedModExAndMultitrack(t *testing.T) {
+	// A keyframe behind a ModEx prefix (TimestampOffsetNano, 3 bytes) is a keyframe.
+	modex := []byte{0x97, 2, 0, 1, 2, 0x01, 'a', 'v', '0', '1', 0xEE}
+	if c := Classify(TypeVideo, modex); c.Kind != KindKeyframe || c.Codec != "av1" {
+		t.Fatalf("ModEx keyframe: %+v", c)
+	}
+	if c := Classify(TypeAudio, []byte{0x97, 0, 9, 0x01, 'O', 'p', 'u', 's', 0xFC}); c.Kind != KindAudio || c.Codec != "opus" {
+		t.Fatalf("ModEx Opus frame: %+v", c)
+	}
+	// A multitrack message (ManyTracks, av01) reaching a viewer breaks the contract.
+	mt := []byte{0x96, 0x11, 'a', 'v', '0', '1', 0, 0, 0, 1, 0xEE, 1, 0, 0, 1, 0xEF}
+	if c := Classify(TypeVideo, mt); !c.Multitrack || c.Kind != KindKeyframe || c.Codec != "av1" {
+		t.Fatalf("multitrack keyframe: %+v", c)
+	}
+	s := enhancedLive(2, "av01", opusHeader, opusFrame)
+	s.add(TypeVideo, 2000, 2*time.Second, mt)
+	_, err := s.feed(Options{Strict: true, MaxStall: time.Second})
+	wantViolation(t, err, "multitrack message")
+}

@@ -6,8 +6,8 @@
 // The whole data path runs as real processes on 127.0.0.1: nats-server (max_payload
 // 8 MiB, JetStream for the laptop registry), redis-server (the registry), flvcdn-origin
 // and flvcdn-edge built from this tree. A 720p H.264+AAC file of about 2.5 Mbit/s is
-// encoded once with ffmpeg into .cache/bench/ and published over RTMP by a go-rtmp
-// client in this process, paced in real time; the send time of every tag timestamp
+// encoded once with ffmpeg into .cache/bench/ and published over RTMP by the test
+// publisher's client (test/publish/pub, on go-rtmp) in this process, paced in real time; the send time of every tag timestamp
 // is recorded so that viewers that parse tags can tell how long each tag took to
 // reach their socket. All viewers live in this process too; most read and discard.
 //

@@ -1,23 +1,18 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/sirupsen/logrus"
-	gortmp "github.com/yutopp/go-rtmp"
-	rtmpmsg "github.com/yutopp/go-rtmp/message"
 
 	"github.com/flvcdn/flvcdn/pkg/bus"
-	"github.com/flvcdn/flvcdn/pkg/flv"
+	"github.com/flvcdn/flvcdn/test/publish/pub"
 )
 
 // clock is the one time base of the run: durations since it are monotonic and are
@@ -56,77 +51,35 @@ func (l *sendLog) lookup(typ byte, ts uint32) (int64, bool) {
 	return t, ok
 }
 
-// publisher sends the bench media to an origin over RTMP with go-rtmp's client,
-// looping it in real time with continuous timestamps. Metadata and sequence headers
-// are sent once, as an encoder would.
+// publisher sends the bench media to an origin over RTMP with the test publisher's
+// client (test/publish/pub), looping it in real time with continuous timestamps.
+// Metadata and sequence headers are sent once, as an encoder would.
 type publisher struct {
 	sent   *sendLog
-	client *gortmp.ClientConn
+	conn   *pub.Publisher
 	errc   chan error
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
-// csidMedia is the one RTMP chunk stream for all media: go-rtmp schedules chunk
-// streams independently, so audio and video on two of them can leave out of order,
-// and the origin would then clamp a timestamp that stepped back.
-const csidMedia = 6
-
 func startPublisher(ctx context.Context, addr, app, name string, m *media) (*publisher, error) {
-	quiet := logrus.New()
-	quiet.SetOutput(io.Discard)
-	logrus.SetOutput(io.Discard) // go-rtmp logs a chunk size change on the standard logger
-	client, err := gortmp.Dial("rtmp", addr, &gortmp.ConnConfig{Logger: quiet})
+	conn, err := pub.Dial("rtmp://"+addr+"/"+app+"/"+name, 10*time.Second)
 	if err != nil {
-		return nil, fmt.Errorf("rtmp dial %s: %w", addr, err)
-	}
-	// go-rtmp's client calls wait without a deadline: bound them by closing the conn.
-	type result struct {
-		s   *gortmp.Stream
-		err error
-	}
-	res := make(chan result, 1)
-	go func() {
-		s, err := setupPublish(client, addr, app, name)
-		res <- result{s, err}
-	}()
-	var r result
-	select {
-	case r = <-res:
-	case <-time.After(10 * time.Second):
-		r.err = errors.New("rtmp publish: no answer from the origin in 10s")
-	}
-	if r.err != nil {
-		_ = client.Close()
-		return nil, r.err
+		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	p := &publisher{sent: newSendLog(), client: client,
+	p := &publisher{sent: newSendLog(), conn: conn,
 		errc: make(chan error, 1), cancel: cancel, done: make(chan struct{})}
+	// The send time of every tag, taken just before it is written.
+	conn.OnSend = func(typ byte, ts uint32) { p.sent.record(typ, ts, wallNow()) }
 	go func() {
 		defer close(p.done)
-		p.errc <- p.loop(ctx, r.s, m)
+		p.errc <- p.loop(ctx, m)
 	}()
 	return p, nil
 }
 
-func setupPublish(client *gortmp.ClientConn, addr, app, name string) (*gortmp.Stream, error) {
-	if err := client.Connect(&rtmpmsg.NetConnectionConnect{Command: rtmpmsg.NetConnectionConnectCommand{
-		App: app, Type: "nonprivate", FlashVer: "FMLE/3.0 (compatible; flvcdn-bench)",
-		TCURL: "rtmp://" + addr + "/" + app}}); err != nil {
-		return nil, fmt.Errorf("rtmp connect: %w", err)
-	}
-	s, err := client.CreateStream(nil, 4096)
-	if err != nil {
-		return nil, fmt.Errorf("rtmp createStream: %w", err)
-	}
-	if err := s.Publish(&rtmpmsg.NetStreamPublish{PublishingName: name, PublishingType: "live"}); err != nil {
-		return nil, fmt.Errorf("rtmp publish: %w", err)
-	}
-	return s, nil
-}
-
-func (p *publisher) loop(ctx context.Context, s *gortmp.Stream, m *media) error {
+func (p *publisher) loop(ctx context.Context, m *media) error {
 	start := time.Now()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -146,8 +99,7 @@ func (p *publisher) loop(ctx context.Context, s *gortmp.Stream, m *media) error 
 				case <-timer.C:
 				}
 			}
-			p.sent.record(t.Type(), ts, wallNow())
-			if err := writeTag(s, t, ts); err != nil {
+			if err := p.conn.Write(pub.Message{Type: t.Type(), Body: t.Body()}, ts); err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
@@ -156,20 +108,6 @@ func (p *publisher) loop(ctx context.Context, s *gortmp.Stream, m *media) error 
 		}
 		offset += m.loopMS
 	}
-}
-
-func writeTag(s *gortmp.Stream, t flv.Tag, ts uint32) error {
-	body := bytes.NewReader(t.Body())
-	switch t.Type() {
-	case flv.TypeAudio:
-		return s.Write(csidMedia, ts, &rtmpmsg.AudioMessage{Payload: body})
-	case flv.TypeVideo:
-		return s.Write(csidMedia, ts, &rtmpmsg.VideoMessage{Payload: body})
-	case flv.TypeScript:
-		// The script body is "onMetaData" + object; @setDataFrame carries it as is.
-		return s.Write(csidMedia, ts, &rtmpmsg.DataMessage{Name: "@setDataFrame", Encoding: rtmpmsg.EncodingTypeAMF0, Body: body})
-	}
-	return nil
 }
 
 // err returns the publisher's failure, if it stopped.
@@ -191,7 +129,7 @@ func (p *publisher) stop() {
 		return
 	}
 	p.cancel()
-	_ = p.client.Close()
+	_ = p.conn.Close()
 	<-p.done
 }
 
