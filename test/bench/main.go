@@ -60,10 +60,10 @@ func parseFlags(args []string) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	viewers := fs.String("viewers", "100,500,1000,2000", "viewer counts N, one step each")
-	windows := fs.String("merge-windows", "10ms,30ms,60ms,100ms", "merge windows compared at --mw-viewers (empty: skip that table)")
+	windows := fs.String("merge-windows", "10ms,30ms,60ms,100ms", "fixed merge windows compared at --mw-viewers (empty: skip that table)")
 	fs.DurationVar(&c.duration, "duration", 20*time.Second, "measurement window per step, after warm-up")
 	fs.DurationVar(&c.warmup, "warmup", 5*time.Second, "time between the last viewer connecting and the window")
-	fs.DurationVar(&c.mergeWindow, "merge-window", 60*time.Millisecond, "edge --merge-window for the per-N steps")
+	fs.DurationVar(&c.mergeWindow, "merge-window", 60*time.Millisecond, "edge --merge-window (the adaptive window's ceiling) for the per-N steps")
 	fs.IntVar(&c.mwViewers, "mw-viewers", 1000, "N for the merge-window table")
 	fs.IntVar(&c.sampleViewers, "sample-viewers", 20, "viewers per step that parse tags to measure latency (the rest discard)")
 	fs.IntVar(&c.latencySamples, "latency-samples", 60, "first-keyframe samples, warm and cold each")
@@ -200,20 +200,22 @@ func main() {
 	}
 }
 
-// step is one measured configuration: N viewers on an edge with one merge window.
+// step is one measured configuration: N viewers on an edge with one merge window,
+// adaptive up to window (the default) or fixed at it.
 type step struct {
 	n      int
 	window time.Duration
+	fixed  bool
 }
 
 // plan lists the steps: one per N, then the merge-window comparison, reusing a
 // per-N step that already has the same N and window.
 func plan(c *config) (perN []step, mw []step) {
 	for _, n := range c.viewers {
-		perN = append(perN, step{n, c.mergeWindow})
+		perN = append(perN, step{n, c.mergeWindow, false})
 	}
 	for _, w := range c.mergeWindows {
-		s := step{c.mwViewers, w}
+		s := step{c.mwViewers, w, true}
 		if !slices.Contains(perN, s) {
 			mw = append(mw, s)
 		}

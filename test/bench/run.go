@@ -293,7 +293,7 @@ func (e *edgeRun) stop() {
 
 // startEdge starts an edge and connects its pilot: one viewer that parses tags,
 // keeps the main stream pulled and tells when the ring is full.
-func (w *world) startEdge(ctx context.Context, window time.Duration) (*edgeRun, error) {
+func (w *world) startEdge(ctx context.Context, window time.Duration, fixed bool) (*edgeRun, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -307,6 +307,9 @@ func (w *world) startEdge(ctx context.Context, window time.Duration) (*edgeRun, 
 		"--log-level", "warn"}
 	if w.redisURL != "" {
 		args = append(args, "--redis-url", w.redisURL)
+	}
+	if fixed {
+		args = append(args, "--fixed-merge-window")
 	}
 	p, err := w.start(fmt.Sprintf("flvcdn-edge#%d", id), w.edgeBin, args...)
 	if err != nil {
@@ -359,7 +362,7 @@ func (w *world) prepare(ctx context.Context, st step) *pending {
 	p := &pending{done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
-		e, err := w.startEdge(ctx, st.window)
+		e, err := w.startEdge(ctx, st.window, st.fixed)
 		if err != nil {
 			p.err = err
 			return
@@ -398,7 +401,7 @@ type fkResult struct {
 // uses an edge of its own so that its viewers leave nothing in the measured ones.
 func (w *world) firstKeyframes(ctx context.Context) (*fkResult, error) {
 	w.logf("first-keyframe latency: %d warm and %d cold samples", w.cfg.latencySamples, w.cfg.latencySamples)
-	e, err := w.startEdge(ctx, w.cfg.mergeWindow)
+	e, err := w.startEdge(ctx, w.cfg.mergeWindow, false)
 	if err != nil {
 		return nil, err
 	}
@@ -474,6 +477,8 @@ type stepResult struct {
 	connected   int
 	connectTime time.Duration
 	window      time.Duration // measured wall time
+	chosen      time.Duration // the edge's merge window at the end of the window
+	floorChosen time.Duration // the floor's
 
 	edgeCPU   time.Duration
 	floorCPU  time.Duration
@@ -631,6 +636,9 @@ func (w *world) runStep(ctx context.Context, e *edgeRun, st step) (*stepResult, 
 		r.perfSummary = perfSummary(ctx, r.perfData)
 	}
 	r.edgeCPU, r.window, r.hostBusy = used[0], wall, busy
+	if m, err := scrape(e.url("/metrics")); err == nil {
+		r.chosen = time.Duration(m["flvcdn_edge_merge_window_seconds"] * float64(time.Second))
+	}
 	// Memory is read after the window, with every viewer still connected and long
 	// past its first writes (buffers and stacks have grown to their working size).
 	loaded, scrapes, err := e.settledMemory(ctx)
@@ -658,7 +666,11 @@ func (w *world) runStep(ctx context.Context, e *edgeRun, st step) (*stepResult, 
 // runFloor measures the floor process with the step's N and merge window.
 func (w *world) runFloor(ctx context.Context, st step, r *stepResult) error {
 	out := &tailBuffer{Max: 4096}
-	p, err := w.startOut("floor", w.self, []string{"floor", "--media", w.media.path, "--merge-window", st.window.String()}, out)
+	args := []string{"floor", "--media", w.media.path, "--merge-window", st.window.String()}
+	if st.fixed {
+		args = append(args, "--fixed-window")
+	}
+	p, err := w.startOut("floor", w.self, args, out)
 	if err != nil {
 		return err
 	}
@@ -709,6 +721,9 @@ func (w *world) runFloor(ctx context.Context, st step, r *stepResult) error {
 	for line := range strings.SplitSeq(out.String(), "\n") {
 		if v, ok := strings.CutPrefix(line, "drops "); ok {
 			r.floorDrops, _ = strconv.Atoi(strings.TrimSpace(v))
+		}
+		if v, ok := strings.CutPrefix(line, "window "); ok {
+			r.floorChosen, _ = time.ParseDuration(strings.TrimSpace(v))
 		}
 	}
 	return nil
