@@ -260,7 +260,7 @@ func (s *Server) serveConn(ctx context.Context, conn *viewerConn, hdr http.Heade
 	if err := conn.write(net.Buffers{[]byte(head.String())}); err != nil {
 		return 0
 	}
-	backing := make(net.Buffers, 0, 64)
+	backing := make(net.Buffers, 0, keptSlices)
 	var size [20]byte
 	crlf := []byte("\r\n")
 	for {
@@ -274,8 +274,8 @@ func (s *Server) serveConn(ctx context.Context, conn *viewerConn, hdr http.Heade
 			line = append(line, '\r', '\n')
 			bufs[0] = line
 			bufs = append(bufs, crlf)
-			if cap(bufs) > cap(backing) {
-				backing = bufs[:0]
+			if cap(bufs) > cap(backing) && cap(bufs) <= keptSlices {
+				backing = bufs[:0] // a join burst's larger array is left to the GC
 			}
 			if werr := conn.write(bufs); werr != nil {
 				s.dropped(name, werr)
@@ -299,11 +299,33 @@ type viewerConn struct {
 	until   time.Time
 }
 
-// write sends bufs in one writev when the socket takes them. The timeout is how
+// Per-viewer memory: what a viewer keeps between writes is sized for a steady
+// window's batch, not for the GOP burst it got on joining (measured: that burst
+// kept ~10 KB per viewer alive, half in the slice array, half in the iovecs that
+// the runtime caches per socket at the size of the largest writev).
+const (
+	// keptSlices is the capacity of the slice array a writer reuses.
+	keptSlices = 32
+	// maxIovecs caps the slices of one writev (a join burst takes several).
+	maxIovecs = 32
+)
+
+// write sends bufs in one writev when the socket takes them (in several of at
+// most maxIovecs slices when there are more: a join burst). The timeout is how
 // long the viewer may accept nothing: a slow reader that makes progress is not cut
 // off here (the lag policy in package edge deals with it). The deadline is moved
 // about once a second rather than on every write: it costs a timer update.
 func (c *viewerConn) write(bufs net.Buffers) error {
+	for len(bufs) > maxIovecs {
+		if err := c.writeAll(bufs[:maxIovecs:maxIovecs]); err != nil {
+			return err
+		}
+		bufs = bufs[maxIovecs:]
+	}
+	return c.writeAll(bufs)
+}
+
+func (c *viewerConn) writeAll(bufs net.Buffers) error {
 	for {
 		if time.Until(c.until) < c.timeout-time.Second {
 			c.until = time.Now().Add(c.timeout)

@@ -54,6 +54,15 @@ type config struct {
 	maxRun         time.Duration
 	quick          bool
 	verbose        bool
+	// the cost model (costs.go) and the output files (out.go)
+	costs         bool
+	ingest        []int
+	fanout        []int
+	spreadStreams int
+	spreadViewers int
+	costDuration  time.Duration
+	costSettle    time.Duration
+	outDir        string
 }
 
 func parseFlags(args []string) (*config, error) {
@@ -76,8 +85,16 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&c.perfN, "perf", 0, "record `perf` call graphs of the edge during the window of the step with this N (inflates that step's CPU)")
 	fs.IntVar(&c.connectPar, "connect-parallel", 64, "viewer connections in flight at once")
 	fs.DurationVar(&c.maxRun, "max-run", 30*time.Minute, "stop everything after this long")
-	fs.BoolVar(&c.quick, "quick", false, "fast run: N=100,500, 8s windows, 20 first-keyframe samples, merge windows at N=500, no ring fill")
+	fs.BoolVar(&c.quick, "quick", false, "fast run: N=100,500, 8s windows, 20 first-keyframe samples, merge windows at N=500, no ring fill; cost model with S=1,10, E=1,2, 4x50 viewers, 5s windows")
 	fs.BoolVar(&c.verbose, "v", false, "log progress details")
+	fs.BoolVar(&c.costs, "costs", true, "measure the cost model (ingest, idle streams, streams x viewers, pull fan-out) after the viewer steps")
+	ingest := fs.String("ingest", "1,10,50,100", "cost model: publisher counts S into one origin")
+	fanout := fs.String("fanout", "1,2,4,8", "cost model: edges E pulling one stream")
+	fs.IntVar(&c.spreadStreams, "spread-streams", 10, "cost model: streams of the multi-stream run (against 1 stream with as many viewers in all); 0 skips it")
+	fs.IntVar(&c.spreadViewers, "spread-viewers", 200, "cost model: viewers per stream of the multi-stream run")
+	fs.DurationVar(&c.costDuration, "cost-duration", 10*time.Second, "cost model: measurement window per step")
+	fs.DurationVar(&c.costSettle, "cost-settle", 3*time.Second, "cost model: settling time before each window")
+	fs.StringVar(&c.outDir, "out", "bench-out", "directory for bench.json and the PNG plots (relative to the repository root)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -102,6 +119,21 @@ func parseFlags(args []string) (*config, error) {
 		if !set["fill-ring"] {
 			c.fillRing = false
 		}
+		if !set["ingest"] {
+			*ingest = "1,10"
+		}
+		if !set["fanout"] {
+			*fanout = "1,2"
+		}
+		if !set["spread-viewers"] {
+			c.spreadViewers = 50
+		}
+		if !set["spread-streams"] {
+			c.spreadStreams = 4
+		}
+		if !set["cost-duration"] {
+			c.costDuration = 5 * time.Second
+		}
 	}
 	var err error
 	if c.viewers, err = parseInts(*viewers); err != nil {
@@ -110,6 +142,14 @@ func parseFlags(args []string) (*config, error) {
 	if c.mergeWindows, err = parseDurations(*windows); err != nil {
 		return nil, fmt.Errorf("--merge-windows: %w", err)
 	}
+	if c.ingest, err = parseInts(*ingest); err != nil {
+		return nil, fmt.Errorf("--ingest: %w", err)
+	}
+	if c.fanout, err = parseInts(*fanout); err != nil {
+		return nil, fmt.Errorf("--fanout: %w", err)
+	}
+	slices.Sort(c.ingest)
+	slices.Sort(c.fanout)
 	switch {
 	case len(c.viewers) == 0:
 		return nil, errors.New("--viewers: need at least one N")

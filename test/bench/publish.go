@@ -60,7 +60,8 @@ func (l *sendLog) lookup(typ byte, ts uint32) (int64, bool) {
 // looping it in real time with continuous timestamps. Metadata and sequence headers
 // are sent once, as an encoder would.
 type publisher struct {
-	sent   *sendLog
+	sent   *sendLog // nil for load publishers: nothing measures their latency
+	late   atomic.Int64 // worst lateness of a send against its real-time schedule (ns)
 	client *gortmp.ClientConn
 	errc   chan error
 	cancel context.CancelFunc
@@ -73,6 +74,16 @@ type publisher struct {
 const csidMedia = 6
 
 func startPublisher(ctx context.Context, addr, app, name string, m *media) (*publisher, error) {
+	return startPublishing(ctx, addr, app, name, m, true)
+}
+
+// startLoadPublisher publishes like startPublisher without logging send times
+// (the cost model runs many of them for minutes).
+func startLoadPublisher(ctx context.Context, addr, app, name string, m *media) (*publisher, error) {
+	return startPublishing(ctx, addr, app, name, m, false)
+}
+
+func startPublishing(ctx context.Context, addr, app, name string, m *media, record bool) (*publisher, error) {
 	quiet := logrus.New()
 	quiet.SetOutput(io.Discard)
 	logrus.SetOutput(io.Discard) // go-rtmp logs a chunk size change on the standard logger
@@ -101,8 +112,11 @@ func startPublisher(ctx context.Context, addr, app, name string, m *media) (*pub
 		return nil, r.err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	p := &publisher{sent: newSendLog(), client: client,
+	p := &publisher{client: client,
 		errc: make(chan error, 1), cancel: cancel, done: make(chan struct{})}
+	if record {
+		p.sent = newSendLog()
+	}
 	go func() {
 		defer close(p.done)
 		p.errc <- p.loop(ctx, r.s, m)
@@ -145,8 +159,12 @@ func (p *publisher) loop(ctx context.Context, s *gortmp.Stream, m *media) error 
 					return nil
 				case <-timer.C:
 				}
+			} else if -wait > time.Duration(p.late.Load()) {
+				p.late.Store(int64(-wait))
 			}
-			p.sent.record(t.Type(), ts, wallNow())
+			if p.sent != nil {
+				p.sent.record(t.Type(), ts, wallNow())
+			}
 			if err := writeTag(s, t, ts); err != nil {
 				if ctx.Err() != nil {
 					return nil

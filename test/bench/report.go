@@ -252,5 +252,6 @@ func windowDesc(r *stepResult) string {
 	if r.fixed {
 		return fmt.Sprintf("fixed at %s", r.step.window)
 	}
-	return fmt.Sprintf("adaptive up to %s: edge at %s, floor at %s", r.step.window, r.chosen, r.floorChosen)
+	const q = 100 * time.Microsecond
+	return fmt.Sprintf("adaptive up to %s: edge at %s, floor at %s", r.step.window, r.chosen.Round(q), r.floorChosen.Round(q))
 }

@@ -36,6 +36,8 @@ type world struct {
 	edgeBin   string
 	media     *media
 	natsURL   string
+	natsMon   string // nats-server monitoring address (external NATS only)
+	noMain    bool   // the cost model's world: no main stream, publisher or probe
 	redisURL  string
 	rtmpAddr  string
 	originAPI string
@@ -147,6 +149,33 @@ func run(ctx context.Context, c *config) error {
 	}
 	printMergeWindows(c, results)
 	printTargets(c, results, fk)
+	fmt.Println()
+
+	out := benchHeader(c, w.media)
+	for _, st := range perN {
+		out.Steps = append(out.Steps, toJSON(results[st]))
+	}
+	for _, wd := range c.mergeWindows {
+		if r := results[step{c.mwViewers, wd, true}]; r != nil {
+			out.MergeWindows = append(out.MergeWindows, toJSON(r))
+		}
+	}
+	out.WarmFKP99Ms, out.ColdFKP99Ms = ms64(pct(fk.warm, 99)), ms64(pct(fk.cold, 99))
+	if c.costs {
+		w.stopAll() // the cost model runs on processes of its own
+		if out.Costs, err = runCosts(ctx, w); err != nil {
+			return err
+		}
+	}
+	dir := c.outDir
+	if !filepath.IsAbs(dir) {
+		dir = filepath.Join(w.root, dir)
+	}
+	files, err := writeOutputs(dir, out)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("written: %s\n", strings.Join(files, ", "))
 	return nil
 }
 
@@ -202,7 +231,12 @@ func (w *world) startBackends(ctx context.Context) error {
 	if w.cfg.nats == "external" {
 		conf := filepath.Join(w.tmp, "nats.conf")
 		host, port, _ := strings.Cut(natsAddr, ":")
-		text := fmt.Sprintf("host: %s\nport: %s\nmax_payload: 8MB\njetstream {\n  store_dir: %q\n}\n", host, port, filepath.Join(w.tmp, "js"))
+		mon, err := freeAddr()
+		if err != nil {
+			return err
+		}
+		w.natsMon = mon
+		text := fmt.Sprintf("host: %s\nport: %s\nhttp: %s\nmax_payload: 8MB\njetstream {\n  store_dir: %q\n}\n", host, port, mon, filepath.Join(w.tmp, "js"))
 		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 			return fmt.Errorf("nats config: %w", err)
 		}
@@ -260,6 +294,9 @@ func (w *world) startBackends(ctx context.Context) error {
 	w.originP = p
 	if err := waitReady(ctx, p, 20*time.Second, httpOK("http://"+api+"/readyz")); err != nil {
 		return err
+	}
+	if w.noMain {
+		return nil
 	}
 	if w.probe, err = startNATSProbe(w.natsURL, app+"/"+mainStream); err != nil {
 		return err
@@ -514,12 +551,14 @@ type memSample struct {
 	rss, heap, stack float64 // bytes
 }
 
-func (e *edgeRun) memory() (memSample, error) {
-	rss, err := procRSS(e.p.PID())
+func (e *edgeRun) memory() (memSample, error) { return memoryOf(e.url("/metrics"), e.p.PID()) }
+
+func memoryOf(metricsURL string, pid int) (memSample, error) {
+	rss, err := procRSS(pid)
 	if err != nil {
 		return memSample{}, err
 	}
-	m, err := scrape(e.url("/metrics"))
+	m, err := scrape(metricsURL)
 	if err != nil {
 		return memSample{}, err
 	}
@@ -535,7 +574,12 @@ func (e *edgeRun) memory() (memSample, error) {
 // shows the heap has grown to that goal. Heap in use is then close to the live
 // heap, and RSS to the steady state for this live heap (GOGC=100: about twice it).
 func (e *edgeRun) settledMemory(ctx context.Context) (memSample, int, error) {
-	m, err := scrape(e.url("/metrics"))
+	return settledMemory(ctx, e.url("/metrics"), e.p.PID())
+}
+
+// settledMemory is edgeRun.settledMemory for any flvcdn process: its /metrics URL and PID.
+func settledMemory(ctx context.Context, metricsURL string, pid int) (memSample, int, error) {
+	m, err := scrape(metricsURL)
 	if err != nil {
 		return memSample{}, 0, err
 	}
@@ -545,7 +589,7 @@ func (e *edgeRun) settledMemory(ctx context.Context) (memSample, int, error) {
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return memSample{}, scrapes, fmt.Errorf("edge memory: no GC after %d scrapes of /metrics", scrapes)
 		}
-		if m, err = scrape(e.url("/metrics")); err != nil {
+		if m, err = scrape(metricsURL); err != nil {
 			return memSample{}, scrapes, err
 		}
 		scrapes++
@@ -553,7 +597,7 @@ func (e *edgeRun) settledMemory(ctx context.Context) (memSample, int, error) {
 	if err := sleep(ctx, 300*time.Millisecond); err != nil { // let the sweep finish
 		return memSample{}, scrapes, err
 	}
-	s, err := e.memory()
+	s, err := memoryOf(metricsURL, pid)
 	return s, scrapes, err
 }
 
