@@ -91,7 +91,7 @@ func writeOutputs(dir string, b *benchJSON) ([]string, error) {
 	}
 	type chart struct {
 		file, title, x, y string
-		lines            []any
+		lines             []any
 	}
 	charts := []chart{
 		{"cpu-per-viewer.png", "Edge CPU per viewer-second (adaptive merge window)", "viewers on one edge (one 2.5 Mbit/s stream)", "ms CPU per viewer-second",

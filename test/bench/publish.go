@@ -60,7 +60,7 @@ func (l *sendLog) lookup(typ byte, ts uint32) (int64, bool) {
 // looping it in real time with continuous timestamps. Metadata and sequence headers
 // are sent once, as an encoder would.
 type publisher struct {
-	sent   *sendLog // nil for load publishers: nothing measures their latency
+	sent   *sendLog     // nil for load publishers: nothing measures their latency
 	late   atomic.Int64 // worst lateness of a send against its real-time schedule (ns)
 	client *gortmp.ClientConn
 	errc   chan error
