@@ -10,11 +10,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -56,8 +54,11 @@ type Server struct {
 	// must pass; a denial is 403 with its reason) and told when the viewer ends.
 	Hook *hook.Client
 
-	writers sync.WaitGroup
-	written atomic.Uint64 // bytes written to viewers, for BytesOut
+	writers  sync.WaitGroup
+	written  atomic.Uint64 // bytes written to viewers, for BytesOut
+	shardMu  sync.Mutex
+	shards   map[shardKey]*shard // writers of hijacked viewers (writers.go)
+	nextSlot int
 }
 
 // BytesOut returns the FLV bytes this server has written to viewers.
@@ -190,11 +191,11 @@ func (s *Server) stopped(pl play, bytes int64) {
 	}
 }
 
-// hijack takes the connection over from net/http and hands it to a writer
-// goroutine, so that the handler returns and net/http's per-connection state
-// (buffers, request, the serve goroutine's stack: ~25 KB) is freed. The writer
-// belongs to the Server: it ends with the stream, the viewer's socket, or
-// BaseContext, and Wait joins it.
+// hijack takes the connection over from net/http and hands it to its stream's
+// writer shard (writers.go), so that the handler returns and net/http's
+// per-connection state (buffers, request, the serve goroutine's stack: ~25 KB) is
+// freed. The shards belong to the Server: a viewer ends with the stream, its
+// socket, or BaseContext, and Wait joins them.
 func (s *Server) hijack(hdr http.Header, hj http.Hijacker, v *edge.Viewer, name stream.Name, pl play) {
 	conn, _, err := hj.Hijack() // the buffered reader/writer are not used again
 	if err != nil {
@@ -206,18 +207,12 @@ func (s *Server) hijack(hdr http.Header, hj http.Hijacker, v *edge.Viewer, name 
 	if tc, ok := conn.(*net.TCPConn); ok && s.SendBuffer > 0 {
 		_ = tc.SetWriteBuffer(s.SendBuffer)
 	}
-	ctx := s.BaseContext
-	if ctx == nil {
-		ctx = context.Background()
+	if err := s.startWriter(conn, hdr, v, name, pl); err != nil {
+		_ = conn.Close()
+		v.Close()
+		s.stopped(pl, 0)
+		s.Log.Warn("viewer writer", "err", err)
 	}
-	s.writers.Add(1)
-	go func() {
-		defer s.writers.Done()
-		defer v.Close()
-		defer conn.Close()
-		n := s.serveConn(ctx, &viewerConn{Conn: conn, timeout: s.writeTimeout()}, hdr, v, name)
-		s.stopped(pl, n)
-	}()
 }
 
 // Wait blocks until every viewer writer has finished (after BaseContext ends or
@@ -247,99 +242,6 @@ func (s *Server) refuse(w http.ResponseWriter, name stream.Name, err error) {
 	}
 }
 
-// serveConn writes the response itself so that a viewer's queued tags leave in
-// one writev: chunk size line, the shared tag slices, CRLF. It returns the FLV bytes
-// written.
-func (s *Server) serveConn(ctx context.Context, conn *viewerConn, hdr http.Header, v *edge.Viewer, name stream.Name) (written int64) {
-	var head strings.Builder
-	head.WriteString("HTTP/1.1 200 OK\r\n")
-	hdr.Set("Transfer-Encoding", "chunked")
-	hdr.Set("Connection", "close")
-	_ = hdr.Write(&head)
-	head.WriteString("\r\n")
-	if err := conn.write(net.Buffers{[]byte(head.String())}); err != nil {
-		return 0
-	}
-	backing := make(net.Buffers, 0, keptSlices)
-	var size [20]byte
-	crlf := []byte("\r\n")
-	for {
-		bufs, err := v.Next(ctx, backing[:1])
-		if len(bufs) > 1 {
-			n := 0
-			for _, b := range bufs[1:] {
-				n += len(b)
-			}
-			line := strconv.AppendInt(size[:0], int64(n), 16)
-			line = append(line, '\r', '\n')
-			bufs[0] = line
-			bufs = append(bufs, crlf)
-			if cap(bufs) > cap(backing) && cap(bufs) <= keptSlices {
-				backing = bufs[:0] // a join burst's larger array is left to the GC
-			}
-			if werr := conn.write(bufs); werr != nil {
-				s.dropped(name, werr)
-				return written
-			}
-			bytesOut.Add(float64(n))
-			written += int64(n)
-			s.written.Add(uint64(n))
-		}
-		if err != nil {
-			s.finish(conn, name, err)
-			return written
-		}
-	}
-}
-
-// viewerConn is a hijacked viewer connection with its write deadline.
-type viewerConn struct {
-	net.Conn
-	timeout time.Duration
-	until   time.Time
-}
-
-// Per-viewer memory: what a viewer keeps between writes is sized for a steady
-// window's batch, not for the GOP burst it got on joining (measured: that burst
-// kept ~10 KB per viewer alive, half in the slice array, half in the iovecs that
-// the runtime caches per socket at the size of the largest writev).
-const (
-	// keptSlices is the capacity of the slice array a writer reuses.
-	keptSlices = 32
-	// maxIovecs caps the slices of one writev (a join burst takes several).
-	maxIovecs = 32
-)
-
-// write sends bufs in one writev when the socket takes them (in several of at
-// most maxIovecs slices when there are more: a join burst). The timeout is how
-// long the viewer may accept nothing: a slow reader that makes progress is not cut
-// off here (the lag policy in package edge deals with it). The deadline is moved
-// about once a second rather than on every write: it costs a timer update.
-func (c *viewerConn) write(bufs net.Buffers) error {
-	for len(bufs) > maxIovecs {
-		if err := c.writeAll(bufs[:maxIovecs:maxIovecs]); err != nil {
-			return err
-		}
-		bufs = bufs[maxIovecs:]
-	}
-	return c.writeAll(bufs)
-}
-
-func (c *viewerConn) writeAll(bufs net.Buffers) error {
-	for {
-		if time.Until(c.until) < c.timeout-time.Second {
-			c.until = time.Now().Add(c.timeout)
-			_ = c.SetWriteDeadline(c.until)
-		}
-		n, err := bufs.WriteTo(c.Conn) // consumes what was written
-		var ne net.Error
-		if err == nil || !errors.As(err, &ne) || !ne.Timeout() || n == 0 {
-			return err
-		}
-		c.until = time.Time{} // progress was made: a fresh deadline
-	}
-}
-
 func (s *Server) writeTimeout() time.Duration {
 	if s.WriteTimeout <= 0 {
 		return 10 * time.Second
@@ -355,17 +257,6 @@ func (s *Server) dropped(name stream.Name, err error) {
 		return
 	}
 	s.Log.Debug("viewer left", "stream", name, "err", err)
-}
-
-// finish ends the response: a clean terminating chunk when the stream ended.
-func (s *Server) finish(conn *viewerConn, name stream.Name, err error) {
-	if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) { // stream over, or edge shutting down
-		_ = conn.write(net.Buffers{[]byte("0\r\n\r\n")})
-		return
-	}
-	if errors.Is(err, edge.ErrTooSlow) {
-		s.Log.Info("viewer dropped: too slow", "stream", name)
-	}
 }
 
 // serveFlushed is the fallback for HTTP/1.0 and HTTP/2: the ResponseWriter frames it.
