@@ -45,7 +45,12 @@ type shard struct {
 	conns []*flvConn    // the shard goroutine's own
 	bufs  net.Buffers   // scratch for one viewer's batch
 	iov   []syscall.Iovec
+	retry *time.Timer // runs while a viewer has bytes waiting
 }
+
+// retryEvery is how often bytes a socket did not take are tried again when the
+// stream has no wake-up sooner (a stalled or ended stream has none).
+const retryEvery = 50 * time.Millisecond
 
 // flvConn is one hijacked viewer.
 type flvConn struct {
@@ -116,6 +121,9 @@ func (s *Server) startWriter(conn net.Conn, hdr http.Header, v *edge.Viewer, nam
 
 // run serves the shard's viewers until it has none left, or ctx ends.
 func (sh *shard) run(ctx context.Context) {
+	sh.retry = time.NewTimer(time.Hour)
+	sh.retry.Stop()
+	defer sh.retry.Stop()
 	for {
 		s := sh.srv
 		s.shardMu.Lock()
@@ -133,17 +141,25 @@ func (sh *shard) run(ctx context.Context) {
 		wake := sh.conns[0].v.Wake()
 		now := time.Now()
 		kept := sh.conns[:0]
+		waiting := false
 		for _, c := range sh.conns {
 			if sh.serve(c, now) {
 				sh.finish(c)
 				continue
 			}
 			kept = append(kept, c)
+			waiting = waiting || len(c.pending) > 0
 		}
 		clear(sh.conns[len(kept):])
 		sh.conns = kept
+		var retry <-chan time.Time
+		if waiting {
+			sh.retry.Reset(retryEvery)
+			retry = sh.retry.C
+		}
 		select {
 		case <-wake:
+		case <-retry:
 		case <-sh.kick:
 		case <-ctx.Done():
 			for _, c := range sh.conns {
