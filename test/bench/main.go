@@ -68,8 +68,8 @@ type config struct {
 func parseFlags(args []string) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	viewers := fs.String("viewers", "100,500,1000,2000", "viewer counts N, one step each")
-	windows := fs.String("merge-windows", "10ms,30ms,60ms,100ms", "fixed merge windows compared at --mw-viewers (empty: skip that table)")
+	viewers := fs.String("viewers", "100,250,500,1000,2000", "viewer counts N, one step each")
+	windows := fs.String("merge-windows", "10ms,60ms", "fixed merge windows compared at --mw-viewers (empty: skip that table)")
 	fs.DurationVar(&c.duration, "duration", 20*time.Second, "measurement window per step, after warm-up")
 	fs.DurationVar(&c.warmup, "warmup", 5*time.Second, "time between the last viewer connecting and the window")
 	fs.DurationVar(&c.mergeWindow, "merge-window", 60*time.Millisecond, "edge --merge-window (the adaptive window's ceiling) for the per-N steps")
