@@ -222,6 +222,13 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "plot" {
+		if err := plotMain(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "bench plot:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	c, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		return

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"gonum.org/v1/plot"
@@ -92,12 +93,13 @@ func writeOutputs(dir string, b *benchJSON) ([]string, error) {
 	type chart struct {
 		file, title, x, y string
 		lines             []any
+		legendLeft        bool // where the curves leave room
 	}
 	charts := []chart{
 		{"cpu-per-viewer.png", "Edge CPU per viewer-second (adaptive merge window)", "viewers on one edge (one 2.5 Mbit/s stream)", "ms CPU per viewer-second",
-			[]any{"edge", edge, "floor (same policy)", floor}},
+			[]any{"edge", edge, "floor (same policy)", floor}, false},
 		{"latency.png", "Ingest-to-viewer added latency", "viewers on one edge", "ms",
-			[]any{"p99", p99, "p50", p50, "merge window chosen", win}},
+			[]any{"p99", p99, "p50", p50, "merge window chosen", win}, true},
 	}
 	if b.Costs != nil && len(b.Costs.Ingest) > 0 {
 		var origin, nats plotter.XYs
@@ -107,7 +109,7 @@ func writeOutputs(dir string, b *benchJSON) ([]string, error) {
 			nats = append(nats, plotter.XY{X: s, Y: r.NATSCPUs})
 		}
 		charts = append(charts, chart{"ingest.png", "Ingest cost: one origin, 2.5 Mbit/s publishers", "publishers", "CPUs",
-			[]any{"origin", origin, "NATS server", nats}})
+			[]any{"origin", origin, "NATS server", nats}, true})
 	}
 	for _, c := range charts {
 		if len(edge) == 0 && c.file != "ingest.png" {
@@ -123,7 +125,7 @@ func writeOutputs(dir string, b *benchJSON) ([]string, error) {
 			return files, fmt.Errorf("%s: %w", c.file, err)
 		}
 		p.Legend.Top = true
-		p.Legend.Left = true
+		p.Legend.Left = c.legendLeft
 		path := filepath.Join(dir, c.file)
 		if err := p.Save(7*vg.Inch, 4*vg.Inch, path); err != nil {
 			return files, fmt.Errorf("%s: %w", c.file, err)
@@ -135,4 +137,22 @@ func writeOutputs(dir string, b *benchJSON) ([]string, error) {
 
 func benchHeader(c *config, m *media) *benchJSON {
 	return &benchJSON{Time: time.Now().UTC().Format(time.RFC3339), CPUs: numCPU, MediaMbps: m.bitrate / 1e6, Quick: c.quick}
+}
+
+// plotMain is `bench plot DIR`: it draws the plots again from DIR/bench.json.
+func plotMain(args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("usage: bench plot DIR (the directory of a run's bench.json)")
+	}
+	js, err := os.ReadFile(filepath.Join(args[0], "bench.json"))
+	if err != nil {
+		return err
+	}
+	var b benchJSON
+	if err := json.Unmarshal(js, &b); err != nil {
+		return fmt.Errorf("bench.json: %w", err)
+	}
+	files, err := writeOutputs(args[0], &b)
+	fmt.Println(strings.Join(files, "\n"))
+	return err
 }
