@@ -168,7 +168,7 @@ func runCosts(ctx context.Context, main *world) (*costs, error) {
 		if out.Idle, err = w.idleCost(ctx, len(pubs)); err != nil {
 			return nil, err
 		}
-		printIdle(out.Idle)
+		printIdle(out.Idle, float64(len(w.media.tags))*1000/float64(w.media.loopMS))
 	}
 	keep := func(n int) { // fewer publishers: the rest would only load the host
 		n = min(n, len(pubs))
@@ -443,12 +443,12 @@ func printIngest(c *costs) {
 	fmt.Println()
 }
 
-func printIdle(r *idleRow) {
+func printIdle(r *idleRow, tagsPerSec float64) {
 	fmt.Println("== Cost model: idle streams (pulled, no viewers, lingering) at one edge ==")
 	tw := newTable("streams\tedge CPUs\tms per stream-s\tRSS per stream MB\theap per stream MB\tlingering for\thost busy")
 	tw.row("%d\t%.3f\t%.3f\t%.2f\t%.2f\t%.0f s\t%.0f%%", r.Streams, r.EdgeCPUs, r.MsPerStreamS, r.RSSPerStream, r.HeapPerStrm, r.LingeredS, r.HostBusy*100)
 	tw.done()
-	fmt.Printf("  memory per stream grows while it lingers until its ring of %d tags is full (about %.0f s of this media), then stays\n\n", edgeRing, float64(edgeRing)/77)
+	fmt.Printf("  memory per stream grows while it lingers until its ring of %d tags is full (about %.0f s of this media), then stays\n\n", edgeRing, float64(edgeRing)/tagsPerSec)
 }
 
 func printSpread(rows []spreadRow) {
