@@ -80,7 +80,14 @@ func newWriterRig(t *testing.T, srvCfg func(*Server)) *writerRig {
 	hs := &http.Server{Handler: srv}
 	go func() { _ = hs.Serve(ln) }()
 	r := &writerRig{addr: ln.Addr().String(), srv: srv, hub: hub, cancel: cancel}
-	t.Cleanup(func() { cancel(); _ = hs.Close(); srv.Wait(); hub.Wait(); o.Wait(); <-done })
+	t.Cleanup(func() {
+		cancel()
+		_ = hs.Close()
+		srv.Wait()
+		hub.Wait()
+		o.Wait()
+		<-done
+	})
 	n, _ := stream.ParseName("live/w")
 	if r.pub, err = o.Publish(ctx, n, ""); err != nil {
 		t.Fatal(err)
