@@ -720,7 +720,8 @@ func (w *world) runFloor(ctx context.Context, st step, r *stepResult) error {
 	}
 	defer p.Stop(5 * time.Second)
 	var addr string
-	if err := waitReady(ctx, p, 20*time.Second, func() error {
+	// It loads and indexes the media first: on a saturated host that took over 20 s.
+	if err := waitReady(ctx, p, time.Minute, func() error {
 		for line := range strings.SplitSeq(out.String(), "\n") {
 			if a, ok := strings.CutPrefix(line, "listening "); ok {
 				addr = a
