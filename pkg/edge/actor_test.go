@@ -192,8 +192,9 @@ func TestOriginDownEventEndsViewersAtOnce(t *testing.T) {
 	if withEvent > stall/2 {
 		t.Errorf("with the event the viewer ended after %v; it should not wait for the %v stall timer", withEvent, stall)
 	}
-	if without < stall {
-		t.Errorf("without the event the viewer ended after %v, before the %v stall timer: the control is broken", without, stall)
+	// The stall timer runs from the last tag, which came a little before start.
+	if without < stall*3/4 {
+		t.Errorf("without the event the viewer ended after %v, well before the %v stall timer: the control is broken", without, stall)
 	}
 }
 

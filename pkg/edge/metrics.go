@@ -18,6 +18,8 @@ var (
 		Name: "flvcdn_edge_viewer_skips_total", Help: "Times a lagging viewer skipped to a keyframe."})
 	viewerRefused = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "flvcdn_edge_viewer_refused_total", Help: "Viewers refused, by limit."}, []string{"reason"})
+	windowGauge = promauto.NewGauge(prometheus.GaugeOpts{
+		Name: "flvcdn_edge_merge_window_seconds", Help: "Merge window the edge's streams use now (follows its viewers; see edge.WindowPolicy)."})
 	viewerDrops = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "flvcdn_edge_viewer_drops_total", Help: "Viewers disconnected by the edge, by reason."}, []string{"reason"})
 )

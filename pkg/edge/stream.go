@@ -79,7 +79,8 @@ type Stream struct {
 	name stream.Name
 	ring *ring
 	join atomic.Pointer[joinPoint]
-	// notify is closed (and replaced) once per merge window when new tags were pushed.
+	// notify is closed (and replaced) when new tags were pushed, at most once per
+	// merge window (see flushSoon).
 	notify  atomic.Pointer[chan struct{}]
 	lastKey atomic.Uint64 // ring index + 1 of the newest keyframe; 0 = none
 	ended   atomic.Bool   // no more tags will come
@@ -110,6 +111,9 @@ type Stream struct {
 	lookups    chan resolved
 	lookFlight bool
 	notified   uint64 // ring head at the last broadcast
+	lastWake   time.Time
+	flush      *time.Timer // armed while pushed tags wait for the window to pass
+	flushArmed bool
 	lastMsg    time.Time
 	pullStart  time.Time
 	lingerAt   time.Time // zero while viewers remain
@@ -157,8 +161,11 @@ func (s *Stream) run(ctx context.Context) {
 	defer s.stop()
 	s.pullStart, s.lastMsg = time.Now(), time.Now()
 	s.resolve()
-	tick := time.NewTicker(s.hub.cfg.MergeWindow)
+	tick := time.NewTicker(housekeepEvery)
 	defer tick.Stop()
+	s.flush = time.NewTimer(time.Hour)
+	s.flush.Stop()
+	defer s.flush.Stop()
 	for s.state != stateClosed {
 		var ready <-chan struct{}
 		if s.feed != nil {
@@ -185,8 +192,10 @@ func (s *Stream) run(ctx context.Context) {
 			s.shown.Store(int64(s.viewers))
 		case e := <-s.events:
 			s.onOwnerEvent(e.ev)
-		case now := <-tick.C:
+		case <-s.flush.C:
+			s.flushArmed = false
 			s.broadcast()
+		case now := <-tick.C:
 			s.housekeep(now)
 		}
 	}
@@ -285,6 +294,7 @@ func (s *Stream) onMessages() {
 	}
 	clear(s.msgs)
 	s.releaseWaiters()
+	s.flushSoon()
 }
 
 func (s *Stream) publisherLeft() {
@@ -461,19 +471,40 @@ func (s *Stream) publishJoin() {
 	s.join.Store(jp)
 }
 
-// broadcast wakes viewers when tags were pushed since the last window.
+// housekeepEvery is how often an actor checks its timers (joins, stall, grace,
+// linger); it does not pace viewers.
+const housekeepEvery = 50 * time.Millisecond
+
+// flushSoon wakes viewers for the tags just pushed: at once if the last wake-up
+// is a merge window ago, else when that window ends. So a tag that arrives on a
+// quiet stream goes out without waiting, and viewers wake at most once per
+// window however fast tags come (actor only).
+func (s *Stream) flushSoon() {
+	if s.flushArmed || s.viewers == 0 || s.ring.head.Load() == s.notified {
+		return // a viewer that joins later collects at once: nobody needs waking
+	}
+	wait := time.Until(s.lastWake.Add(s.hub.MergeWindow()))
+	if wait <= 0 {
+		s.broadcast()
+		return
+	}
+	s.flush.Reset(wait)
+	s.flushArmed = true
+}
+
+// broadcast wakes viewers when tags were pushed since the last wake-up.
 func (s *Stream) broadcast() {
 	h := s.ring.head.Load()
 	if h == s.notified && !s.ended.Load() {
 		return
 	}
-	s.notified = h
+	s.notified, s.lastWake = h, time.Now()
 	ch := make(chan struct{})
 	old := s.notify.Swap(&ch)
 	close(*old)
 }
 
-// housekeep runs once per merge window: join timeouts, snapshot retries, the stall
+// housekeep runs every housekeepEvery: join timeouts, snapshot retries, the stall
 // and grace timers, and the live/lingering/closed transitions.
 func (s *Stream) housekeep(now time.Time) {
 	kept := s.waiters[:0]

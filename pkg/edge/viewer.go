@@ -64,16 +64,9 @@ func (v *Viewer) Next(ctx context.Context, bufs net.Buffers) (net.Buffers, error
 	n0 := len(bufs) // the caller may reserve slots (a chunk header)
 	for {
 		ch := v.s.notify.Load()
-		// A new window, or the rest of a batch that hit its size cap.
-		if ch != v.lastCh || v.cursor < v.s.ring.head.Load() && v.started && v.capped {
-			v.lastCh = ch
-			var err error
-			if bufs, err = v.collect(bufs); err != nil || len(bufs) > n0 {
-				return bufs, err
-			}
-			if v.s.ended.Load() {
-				return bufs, io.EOF
-			}
+		var err error
+		if bufs, err = v.Poll(bufs); err != nil || len(bufs) > n0 {
+			return bufs, err
 		}
 		select {
 		case <-*ch:
@@ -82,6 +75,33 @@ func (v *Viewer) Next(ctx context.Context, bufs net.Buffers) (net.Buffers, error
 		}
 	}
 }
+
+// Poll is Next without the wait, for a writer that serves many viewers from one
+// goroutine: it appends what is due now (nothing between two wake-ups of the
+// stream, see Wake).
+func (v *Viewer) Poll(bufs net.Buffers) (net.Buffers, error) {
+	n0 := len(bufs)
+	ch := v.s.notify.Load()
+	// A new window, or the rest of a batch that hit its size cap.
+	if ch != v.lastCh || v.cursor < v.s.ring.head.Load() && v.started && v.capped {
+		v.lastCh = ch
+		var err error
+		if bufs, err = v.collect(bufs); err != nil || len(bufs) > n0 {
+			return bufs, err
+		}
+		if v.s.ended.Load() {
+			return bufs, io.EOF
+		}
+	}
+	return bufs, nil
+}
+
+// Wake returns a channel that is closed at the stream's next wake-up: when Poll
+// may have something again. Viewers of one Stream share it.
+func (v *Viewer) Wake() <-chan struct{} { return *v.s.notify.Load() }
+
+// Stream returns the stream this viewer reads.
+func (v *Viewer) Stream() *Stream { return v.s }
 
 func (v *Viewer) collect(bufs net.Buffers) (net.Buffers, error) {
 	if v.pre != nil {

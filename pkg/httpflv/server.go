@@ -60,10 +60,13 @@ type Server struct {
 	// PingEvery is how often WebSocket viewers are pinged (ws.go). Default 20s.
 	PingEvery time.Duration
 
-	writers sync.WaitGroup
-	mu      sync.Mutex
-	waiting bool          // Wait has begun: no writer may start (see goWriter)
-	written atomic.Uint64 // bytes written to viewers, for BytesOut
+	writers  sync.WaitGroup
+	mu       sync.Mutex
+	waiting  bool          // Wait has begun: no writer may start (see goWriter)
+	written  atomic.Uint64 // bytes written to viewers, for BytesOut
+	shardMu  sync.Mutex
+	shards   map[shardKey]*shard // writers of hijacked plain-TCP viewers (writers.go)
+	nextSlot int
 }
 
 // BytesOut returns the FLV bytes this server has written to viewers.
@@ -205,11 +208,11 @@ func (s *Server) stopped(pl play, bytes int64) {
 	}
 }
 
-// hijack takes the connection over from net/http and hands it to a writer
-// goroutine, so that the handler returns and net/http's per-connection state
-// (buffers, request, the serve goroutine's stack: ~25 KB) is freed. The writer
-// belongs to the Server: it ends with the stream, the viewer's socket, or
-// BaseContext, and Wait joins it.
+// hijack takes the connection over from net/http and hands it to its stream's
+// writer shard (writers.go), so that the handler returns and net/http's
+// per-connection state (buffers, request, the serve goroutine's stack: ~25 KB) is
+// freed. The shards belong to the Server: a viewer ends with the stream, its
+// socket, or BaseContext, and Wait joins them.
 func (s *Server) hijack(hdr http.Header, hj http.Hijacker, v *edge.Viewer, name stream.Name, pl play) {
 	conn, _, err := hj.Hijack() // the buffered reader/writer are not used again
 	if err != nil {
@@ -221,16 +224,27 @@ func (s *Server) hijack(hdr http.Header, hj http.Hijacker, v *edge.Viewer, name 
 	if tc := tcpConn(conn); tc != nil && s.SendBuffer > 0 {
 		_ = tc.SetWriteBuffer(s.SendBuffer)
 	}
-	_, plain := conn.(*net.TCPConn) // else TLS: see viewerConn.gather
+	plays.WithLabelValues("http/1.1").Inc()
+	if _, plain := conn.(*net.TCPConn); plain {
+		// Plain TCP: the stream's shared writers (writers.go), non-blocking writev.
+		if err := s.startWriter(conn, hdr, v, name, pl); err != nil {
+			_ = conn.Close()
+			v.Close()
+			s.stopped(pl, 0)
+			s.Log.Warn("viewer writer", "err", err)
+		}
+		return
+	}
+	// TLS has no writev and no non-blocking write: one goroutine per viewer gathers
+	// each window into one Write (see viewerConn.gather).
 	ctx := s.BaseContext
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	plays.WithLabelValues("http/1.1").Inc()
 	if !s.goWriter(func() {
 		defer v.Close()
 		defer conn.Close()
-		n := s.serveConn(ctx, &viewerConn{Conn: conn, timeout: s.writeTimeout(), gather: !plain}, hdr, v, name)
+		n := s.serveConn(ctx, &viewerConn{Conn: conn, timeout: s.writeTimeout(), gather: true}, hdr, v, name)
 		s.stopped(pl, n)
 	}) {
 		conn.Close()
@@ -289,9 +303,9 @@ func (s *Server) refuse(w http.ResponseWriter, name stream.Name, err error) {
 	}
 }
 
-// serveConn writes the response itself so that a viewer's queued tags leave in
-// one writev: chunk size line, the shared tag slices, CRLF. It returns the FLV bytes
-// written.
+// serveConn writes a TLS viewer's response from its own goroutine: per window the
+// chunk size line, the shared tag slices and CRLF, gathered into one Write. It
+// returns the FLV bytes written.
 func (s *Server) serveConn(ctx context.Context, conn *viewerConn, hdr http.Header, v *edge.Viewer, name stream.Name) (written int64) {
 	var head strings.Builder
 	head.WriteString("HTTP/1.1 200 OK\r\n")

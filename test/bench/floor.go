@@ -3,10 +3,13 @@ package main
 // The floor: what writing the stream to N loopback sockets costs with nothing else
 // around it. It runs as its own process (`bench floor`) so its CPU can be read from
 // /proc like the edge's. It paces the bench media in real time into a ring of shared
-// tags; one worker per CPU wakes every merge window and gives each of its
-// connections everything queued since that connection's last write, as one HTTP
-// chunk in one non-blocking writev. No NATS, no HTTP server, no goroutine per
-// viewer, no deadlines: the kernel's copy and the syscall are most of what is left.
+// tags and wakes its workers with the edge's own merge policy: at once when the
+// last wake-up is a window ago, else when the window ends, the window chosen by
+// edge.WindowPolicy from its connection count (or fixed, with --fixed-window). One
+// worker per CPU then gives each of its connections everything queued since that
+// connection's last write, as one HTTP chunk in one non-blocking writev. No NATS,
+// no HTTP server, no goroutine per viewer, no deadlines: the kernel's copy and the
+// syscall are most of what is left.
 
 import (
 	"bufio"
@@ -24,6 +27,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/flvcdn/flvcdn/pkg/edge"
 	"github.com/flvcdn/flvcdn/pkg/flv"
 )
 
@@ -44,6 +48,13 @@ type floorRing struct {
 	slots   [floorRingSize]atomic.Pointer[floorEntry]
 	head    atomic.Uint64
 	lastKey atomic.Uint64 // index + 1 of the newest keyframe
+	notify  atomic.Pointer[chan struct{}]
+}
+
+// wake releases the workers waiting for new tags.
+func (r *floorRing) wake() {
+	ch := make(chan struct{})
+	close(*r.notify.Swap(&ch))
 }
 
 func (r *floorRing) push(t []byte, key bool) {
@@ -85,7 +96,8 @@ var crlf = []byte("\r\n")
 func floorMain(args []string) error {
 	fs := flag.NewFlagSet("bench floor", flag.ContinueOnError)
 	mediaPath := fs.String("media", "", "FLV file to pace")
-	window := fs.Duration("merge-window", 50*time.Millisecond, "write each connection at most once per window")
+	window := fs.Duration("merge-window", 60*time.Millisecond, "ceiling of the merge window (edge --merge-window)")
+	fixed := fs.Bool("fixed-window", false, "use --merge-window as is, like edge --fixed-merge-window")
 	listen := fs.String("listen", "127.0.0.1:0", "listen address")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -99,18 +111,32 @@ func floorMain(args []string) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	ring := &floorRing{}
+	first := make(chan struct{})
+	ring.notify.Store(&first)
+	var conns atomic.Int64
+	policy := edge.NewWindowPolicy(*window)
+	if *fixed {
+		policy.Min = *window
+	}
+	var win atomic.Int64
+	win.Store(int64(policy.Update(time.Now(), 0)))
+	go func() { // the edge's hub samples its viewers the same way
+		for now := range time.Tick(edge.WindowSample) {
+			win.Store(int64(policy.Update(now, int(conns.Load()))))
+		}
+	}()
 	pre := [][]byte{flv.FileHeader(m.hasAudio, m.hasVideo)}
 	for _, t := range m.tags[:m.headers] {
 		pre = append(pre, t)
 	}
-	go floorPace(ring, m)
+	go floorPace(ring, m, func() time.Duration { return time.Duration(win.Load()) })
 
 	workers := make([]*floorWorker, runtime.GOMAXPROCS(0))
 	var drops atomic.Int64
 	for i := range workers {
 		w := &floorWorker{}
 		workers[i] = w
-		go w.run(ring, *window, &drops)
+		go w.run(ring, &drops, &conns)
 	}
 	go func() {
 		for i := 0; ; i++ {
@@ -118,35 +144,57 @@ func floorMain(args []string) error {
 			if err != nil {
 				return
 			}
-			go floorAccept(c, pre, ring, workers[i%len(workers)])
+			go floorAccept(c, pre, ring, workers[i%len(workers)], &conns)
 		}
 	}()
 	fmt.Printf("listening %s\n", ln.Addr())
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	<-sigs
+	fmt.Printf("window %s\n", time.Duration(win.Load()))
 	fmt.Printf("drops %d\n", drops.Load())
 	return nil
 }
 
-// floorPace pushes the media's tags into the ring in real time, looping.
-func floorPace(r *floorRing, m *media) {
+// floorPace pushes the media's tags into the ring in real time, looping, and wakes
+// the workers as the edge's stream actor wakes its viewers (Stream.flushSoon).
+func floorPace(r *floorRing, m *media, window func() time.Duration) {
 	start := time.Now()
-	var offset uint32
-	for {
-		for _, t := range m.tags[m.headers:] {
-			ts := t.Timestamp() - m.base + offset
-			time.Sleep(time.Until(start.Add(time.Duration(ts) * time.Millisecond)))
-			key := t.Type() == flv.TypeVideo && flv.Classify(t.Type(), t.Body()) == flv.KindKeyframe
-			r.push(t, key)
+	next, flush := time.NewTimer(0), time.NewTimer(time.Hour)
+	flush.Stop()
+	armed := false
+	var lastWake time.Time
+	tags := m.tags[m.headers:]
+	for i := 0; ; {
+		t := tags[i%len(tags)]
+		ts := t.Timestamp() - m.base + uint32(i/len(tags))*m.loopMS
+		next.Reset(time.Until(start.Add(time.Duration(ts) * time.Millisecond)))
+		select {
+		case <-flush.C:
+			armed, lastWake = false, time.Now()
+			r.wake()
+			continue
+		case <-next.C:
 		}
-		offset += m.loopMS
+		key := t.Type() == flv.TypeVideo && flv.Classify(t.Type(), t.Body()) == flv.KindKeyframe
+		r.push(t, key)
+		i++
+		if armed {
+			continue
+		}
+		if wait := time.Until(lastWake.Add(window())); wait > 0 {
+			flush.Reset(wait)
+			armed = true
+			continue
+		}
+		lastWake = time.Now()
+		r.wake()
 	}
 }
 
 // floorAccept reads the request head, answers like the edge and hands the connection
 // to a worker, which sends the FLV header and headers with its first write.
-func floorAccept(c net.Conn, pre [][]byte, r *floorRing, w *floorWorker) {
+func floorAccept(c net.Conn, pre [][]byte, r *floorRing, w *floorWorker, conns *atomic.Int64) {
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	br := bufio.NewReaderSize(c, 4096)
 	for {
@@ -188,6 +236,7 @@ func floorAccept(c net.Conn, pre [][]byte, r *floorRing, w *floorWorker) {
 	w.mu.Lock()
 	w.added = append(w.added, fc)
 	w.mu.Unlock()
+	conns.Add(1)
 }
 
 func chunkLine(dst []byte, n int) []byte {
@@ -195,10 +244,17 @@ func chunkLine(dst []byte, n int) []byte {
 	return append(dst, '\r', '\n')
 }
 
-func (w *floorWorker) run(r *floorRing, window time.Duration, drops *atomic.Int64) {
-	tick := time.NewTicker(window)
-	defer tick.Stop()
-	for range tick.C {
+func (w *floorWorker) run(r *floorRing, drops, conns *atomic.Int64) {
+	var last *chan struct{}
+	for {
+		// Like Viewer.Next: a wake-up that came while this worker was writing is
+		// served at once, not at the next one.
+		ch := r.notify.Load()
+		if ch == last {
+			<-*ch
+			continue
+		}
+		last = ch
 		w.mu.Lock()
 		w.conns = append(w.conns, w.added...)
 		w.added = w.added[:0]
@@ -212,8 +268,10 @@ func (w *floorWorker) run(r *floorRing, window time.Duration, drops *atomic.Int6
 			case errors.Is(err, errFloorBehind):
 				drops.Add(1)
 				c.close()
+				conns.Add(-1)
 			default:
 				c.close()
+				conns.Add(-1)
 			}
 		}
 		clear(w.conns[len(kept):])

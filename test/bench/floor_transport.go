@@ -137,7 +137,7 @@ func floorTransportMain(args []string) error {
 	}
 	ch := make(chan struct{})
 	f.notify.Store(&ch)
-	go floorPace(f.ring, m)
+	go floorPace(f.ring, m, func() time.Duration { return *window }) // its wake-ups are unused here: viewers follow tick
 	go f.tick(*window)
 
 	srv := &http.Server{}

@@ -61,16 +61,25 @@ type config struct {
 	transports     []string // the transport table (transport.go); empty: none
 	transportN     int
 	transportsOnly bool
+	// the cost model (costs.go) and the output files (out.go)
+	costs         bool
+	ingest        []int
+	fanout        []int
+	spreadStreams int
+	spreadViewers int
+	costDuration  time.Duration
+	costSettle    time.Duration
+	outDir        string
 }
 
 func parseFlags(args []string) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	viewers := fs.String("viewers", "100,500,1000,2000", "viewer counts N, one step each")
-	windows := fs.String("merge-windows", "10ms,30ms,60ms,100ms", "merge windows compared at --mw-viewers (empty: skip that table)")
+	viewers := fs.String("viewers", "100,250,500,1000,2000", "viewer counts N, one step each")
+	windows := fs.String("merge-windows", "10ms,60ms", "fixed merge windows compared at --mw-viewers (empty: skip that table)")
 	fs.DurationVar(&c.duration, "duration", 20*time.Second, "measurement window per step, after warm-up")
 	fs.DurationVar(&c.warmup, "warmup", 5*time.Second, "time between the last viewer connecting and the window")
-	fs.DurationVar(&c.mergeWindow, "merge-window", 60*time.Millisecond, "edge --merge-window for the per-N steps")
+	fs.DurationVar(&c.mergeWindow, "merge-window", 60*time.Millisecond, "edge --merge-window (the adaptive window's ceiling) for the per-N steps")
 	fs.IntVar(&c.mwViewers, "mw-viewers", 1000, "N for the merge-window table")
 	fs.IntVar(&c.sampleViewers, "sample-viewers", 20, "viewers per step that parse tags to measure latency (the rest discard)")
 	fs.IntVar(&c.latencySamples, "latency-samples", 60, "first-keyframe samples, warm and cold each")
@@ -83,11 +92,19 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&c.perfN, "perf", 0, "record `perf` call graphs of the edge during the window of the step with this N (inflates that step's CPU)")
 	fs.IntVar(&c.connectPar, "connect-parallel", 64, "viewer connections in flight at once")
 	fs.DurationVar(&c.maxRun, "max-run", 30*time.Minute, "stop everything after this long")
-	fs.BoolVar(&c.quick, "quick", false, "fast run: N=100,500, 8s windows, 20 first-keyframe samples, merge windows at N=500, no ring fill")
+	fs.BoolVar(&c.quick, "quick", false, "fast run: N=100,500, 8s windows, 20 first-keyframe samples, merge windows at N=500, no ring fill; cost model with S=1,10, E=1,2, 4x50 viewers, 5s windows")
 	fs.BoolVar(&c.verbose, "v", false, "log progress details")
 	transports := fs.String("transports", strings.Join(allTransports, ","), "transports compared at --transport-viewers, each beside its floor (empty: skip that table)")
 	fs.IntVar(&c.transportN, "transport-viewers", 1000, "N for the transport table")
 	fs.BoolVar(&c.transportsOnly, "transports-only", false, "run only the transport table")
+	fs.BoolVar(&c.costs, "costs", true, "measure the cost model (ingest, idle streams, streams x viewers, pull fan-out) after the viewer steps")
+	ingest := fs.String("ingest", "1,10,50,100", "cost model: publisher counts S into one origin")
+	fanout := fs.String("fanout", "1,2,4,8", "cost model: edges E pulling one stream")
+	fs.IntVar(&c.spreadStreams, "spread-streams", 10, "cost model: streams of the multi-stream run (against 1 stream with as many viewers in all); 0 skips it")
+	fs.IntVar(&c.spreadViewers, "spread-viewers", 200, "cost model: viewers per stream of the multi-stream run")
+	fs.DurationVar(&c.costDuration, "cost-duration", 10*time.Second, "cost model: measurement window per step")
+	fs.DurationVar(&c.costSettle, "cost-settle", 3*time.Second, "cost model: settling time before each window")
+	fs.StringVar(&c.outDir, "out", "bench-out", "directory for bench.json and the PNG plots (relative to the repository root)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -112,6 +129,21 @@ func parseFlags(args []string) (*config, error) {
 		if !set["fill-ring"] {
 			c.fillRing = false
 		}
+		if !set["ingest"] {
+			*ingest = "1,10"
+		}
+		if !set["fanout"] {
+			*fanout = "1,2"
+		}
+		if !set["spread-viewers"] {
+			c.spreadViewers = 50
+		}
+		if !set["spread-streams"] {
+			c.spreadStreams = 4
+		}
+		if !set["cost-duration"] {
+			c.costDuration = 5 * time.Second
+		}
 	}
 	var err error
 	if c.viewers, err = parseInts(*viewers); err != nil {
@@ -129,6 +161,14 @@ func parseFlags(args []string) (*config, error) {
 	if c.mergeWindows, err = parseDurations(*windows); err != nil {
 		return nil, fmt.Errorf("--merge-windows: %w", err)
 	}
+	if c.ingest, err = parseInts(*ingest); err != nil {
+		return nil, fmt.Errorf("--ingest: %w", err)
+	}
+	if c.fanout, err = parseInts(*fanout); err != nil {
+		return nil, fmt.Errorf("--fanout: %w", err)
+	}
+	slices.Sort(c.ingest)
+	slices.Sort(c.fanout)
 	switch {
 	case len(c.viewers) == 0:
 		return nil, errors.New("--viewers: need at least one N")
@@ -208,6 +248,13 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "plot" {
+		if err := plotMain(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "bench plot:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	c, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		return
@@ -226,20 +273,22 @@ func main() {
 	}
 }
 
-// step is one measured configuration: N viewers on an edge with one merge window.
+// step is one measured configuration: N viewers on an edge with one merge window,
+// adaptive up to window (the default) or fixed at it.
 type step struct {
 	n      int
 	window time.Duration
+	fixed  bool
 }
 
 // plan lists the steps: one per N, then the merge-window comparison, reusing a
 // per-N step that already has the same N and window.
 func plan(c *config) (perN []step, mw []step) {
 	for _, n := range c.viewers {
-		perN = append(perN, step{n, c.mergeWindow})
+		perN = append(perN, step{n, c.mergeWindow, false})
 	}
 	for _, w := range c.mergeWindows {
-		s := step{c.mwViewers, w}
+		s := step{c.mwViewers, w, true}
 		if !slices.Contains(perN, s) {
 			mw = append(mw, s)
 		}

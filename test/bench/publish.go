@@ -55,7 +55,8 @@ func (l *sendLog) lookup(typ byte, ts uint32) (int64, bool) {
 // client (test/publish/pub), looping it in real time with continuous timestamps.
 // Metadata and sequence headers are sent once, as an encoder would.
 type publisher struct {
-	sent   *sendLog
+	sent   *sendLog     // nil for load publishers: nothing measures their latency
+	late   atomic.Int64 // worst lateness of a send against its real-time schedule (ns)
 	conn   *pub.Publisher
 	errc   chan error
 	cancel context.CancelFunc
@@ -63,15 +64,28 @@ type publisher struct {
 }
 
 func startPublisher(ctx context.Context, addr, app, name string, m *media) (*publisher, error) {
+	return startPublishing(ctx, addr, app, name, m, true)
+}
+
+// startLoadPublisher publishes like startPublisher without logging send times
+// (the cost model runs many of them for minutes).
+func startLoadPublisher(ctx context.Context, addr, app, name string, m *media) (*publisher, error) {
+	return startPublishing(ctx, addr, app, name, m, false)
+}
+
+func startPublishing(ctx context.Context, addr, app, name string, m *media, record bool) (*publisher, error) {
 	conn, err := pub.Dial("rtmp://"+addr+"/"+app+"/"+name, 10*time.Second)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	p := &publisher{sent: newSendLog(), conn: conn,
+	p := &publisher{conn: conn,
 		errc: make(chan error, 1), cancel: cancel, done: make(chan struct{})}
-	// The send time of every tag, taken just before it is written.
-	conn.OnSend = func(typ byte, ts uint32) { p.sent.record(typ, ts, wallNow()) }
+	if record {
+		p.sent = newSendLog()
+		// The send time of every tag, taken just before it is written.
+		conn.OnSend = func(typ byte, ts uint32) { p.sent.record(typ, ts, wallNow()) }
+	}
 	go func() {
 		defer close(p.done)
 		p.errc <- p.loop(ctx, m)
@@ -98,6 +112,8 @@ func (p *publisher) loop(ctx context.Context, m *media) error {
 					return nil
 				case <-timer.C:
 				}
+			} else if -wait > time.Duration(p.late.Load()) {
+				p.late.Store(int64(-wait))
 			}
 			if err := p.conn.Write(pub.Message{Type: t.Type(), Body: t.Body()}, ts); err != nil {
 				if ctx.Err() != nil {

@@ -36,6 +36,8 @@ type world struct {
 	edgeBin   string
 	media     *media
 	natsURL   string
+	natsMon   string // nats-server monitoring address (external NATS only)
+	noMain    bool   // the cost model's world: no main stream, publisher or probe
 	redisURL  string
 	rtmpAddr  string
 	originAPI string
@@ -151,8 +153,38 @@ func run(ctx context.Context, c *config) error {
 	printMergeWindows(c, results)
 	printTargets(c, results, fk)
 	if len(c.transports) > 0 {
-		return w.runTransports(ctx)
+		// The transport table's edges use this world's origin and publisher.
+		if err := w.runTransports(ctx); err != nil {
+			return err
+		}
 	}
+	fmt.Println()
+
+	out := benchHeader(c, w.media)
+	for _, st := range perN {
+		out.Steps = append(out.Steps, toJSON(results[st]))
+	}
+	for _, wd := range c.mergeWindows {
+		if r := results[step{c.mwViewers, wd, true}]; r != nil {
+			out.MergeWindows = append(out.MergeWindows, toJSON(r))
+		}
+	}
+	out.WarmFKP99Ms, out.ColdFKP99Ms = ms64(pct(fk.warm, 99)), ms64(pct(fk.cold, 99))
+	if c.costs {
+		w.stopAll() // the cost model runs on processes of its own
+		if out.Costs, err = runCosts(ctx, w); err != nil {
+			return err
+		}
+	}
+	dir := c.outDir
+	if !filepath.IsAbs(dir) {
+		dir = filepath.Join(w.root, dir)
+	}
+	files, err := writeOutputs(dir, out)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("written: %s\n", strings.Join(files, ", "))
 	return nil
 }
 
@@ -208,7 +240,12 @@ func (w *world) startBackends(ctx context.Context) error {
 	if w.cfg.nats == "external" {
 		conf := filepath.Join(w.tmp, "nats.conf")
 		host, port, _ := strings.Cut(natsAddr, ":")
-		text := fmt.Sprintf("host: %s\nport: %s\nmax_payload: 8MB\njetstream {\n  store_dir: %q\n}\n", host, port, filepath.Join(w.tmp, "js"))
+		mon, err := freeAddr()
+		if err != nil {
+			return err
+		}
+		w.natsMon = mon
+		text := fmt.Sprintf("host: %s\nport: %s\nhttp: %s\nmax_payload: 8MB\njetstream {\n  store_dir: %q\n}\n", host, port, mon, filepath.Join(w.tmp, "js"))
 		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 			return fmt.Errorf("nats config: %w", err)
 		}
@@ -267,6 +304,9 @@ func (w *world) startBackends(ctx context.Context) error {
 	if err := waitReady(ctx, p, 20*time.Second, httpOK("http://"+api+"/readyz")); err != nil {
 		return err
 	}
+	if w.noMain {
+		return nil
+	}
 	if w.probe, err = startNATSProbe(w.natsURL, app+"/"+mainStream); err != nil {
 		return err
 	}
@@ -299,7 +339,7 @@ func (e *edgeRun) stop() {
 
 // startEdge starts an edge and connects its pilot: one viewer that parses tags,
 // keeps the main stream pulled and tells when the ring is full. extra flags come last.
-func (w *world) startEdge(ctx context.Context, window time.Duration, extra ...string) (*edgeRun, error) {
+func (w *world) startEdge(ctx context.Context, window time.Duration, fixed bool, extra ...string) (*edgeRun, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -313,6 +353,9 @@ func (w *world) startEdge(ctx context.Context, window time.Duration, extra ...st
 		"--log-level", "warn"}
 	if w.redisURL != "" {
 		args = append(args, "--redis-url", w.redisURL)
+	}
+	if fixed {
+		args = append(args, "--fixed-merge-window")
 	}
 	args = append(args, extra...)
 	p, err := w.start(fmt.Sprintf("flvcdn-edge#%d", id), w.edgeBin, args...)
@@ -366,7 +409,7 @@ func (w *world) prepare(ctx context.Context, st step) *pending {
 	p := &pending{done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
-		e, err := w.startEdge(ctx, st.window)
+		e, err := w.startEdge(ctx, st.window, st.fixed)
 		if err != nil {
 			p.err = err
 			return
@@ -405,7 +448,7 @@ type fkResult struct {
 // uses an edge of its own so that its viewers leave nothing in the measured ones.
 func (w *world) firstKeyframes(ctx context.Context) (*fkResult, error) {
 	w.logf("first-keyframe latency: %d warm and %d cold samples", w.cfg.latencySamples, w.cfg.latencySamples)
-	e, err := w.startEdge(ctx, w.cfg.mergeWindow)
+	e, err := w.startEdge(ctx, w.cfg.mergeWindow, false)
 	if err != nil {
 		return nil, err
 	}
@@ -481,6 +524,8 @@ type stepResult struct {
 	connected   int
 	connectTime time.Duration
 	window      time.Duration // measured wall time
+	chosen      time.Duration // the edge's merge window at the end of the window
+	floorChosen time.Duration // the floor's
 
 	edgeCPU   time.Duration
 	floorCPU  time.Duration
@@ -516,12 +561,14 @@ type memSample struct {
 	rss, heap, stack float64 // bytes
 }
 
-func (e *edgeRun) memory() (memSample, error) {
-	rss, err := procRSS(e.p.PID())
+func (e *edgeRun) memory() (memSample, error) { return memoryOf(e.url("/metrics"), e.p.PID()) }
+
+func memoryOf(metricsURL string, pid int) (memSample, error) {
+	rss, err := procRSS(pid)
 	if err != nil {
 		return memSample{}, err
 	}
-	m, err := scrape(e.url("/metrics"))
+	m, err := scrape(metricsURL)
 	if err != nil {
 		return memSample{}, err
 	}
@@ -537,7 +584,12 @@ func (e *edgeRun) memory() (memSample, error) {
 // shows the heap has grown to that goal. Heap in use is then close to the live
 // heap, and RSS to the steady state for this live heap (GOGC=100: about twice it).
 func (e *edgeRun) settledMemory(ctx context.Context) (memSample, int, error) {
-	m, err := scrape(e.url("/metrics"))
+	return settledMemory(ctx, e.url("/metrics"), e.p.PID())
+}
+
+// settledMemory is edgeRun.settledMemory for any flvcdn process: its /metrics URL and PID.
+func settledMemory(ctx context.Context, metricsURL string, pid int) (memSample, int, error) {
+	m, err := scrape(metricsURL)
 	if err != nil {
 		return memSample{}, 0, err
 	}
@@ -547,7 +599,7 @@ func (e *edgeRun) settledMemory(ctx context.Context) (memSample, int, error) {
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return memSample{}, scrapes, fmt.Errorf("edge memory: no GC after %d scrapes of /metrics", scrapes)
 		}
-		if m, err = scrape(e.url("/metrics")); err != nil {
+		if m, err = scrape(metricsURL); err != nil {
 			return memSample{}, scrapes, err
 		}
 		scrapes++
@@ -555,7 +607,7 @@ func (e *edgeRun) settledMemory(ctx context.Context) (memSample, int, error) {
 	if err := sleep(ctx, 300*time.Millisecond); err != nil { // let the sweep finish
 		return memSample{}, scrapes, err
 	}
-	s, err := e.memory()
+	s, err := memoryOf(metricsURL, pid)
 	return s, scrapes, err
 }
 
@@ -638,6 +690,9 @@ func (w *world) runStep(ctx context.Context, e *edgeRun, st step) (*stepResult, 
 		r.perfSummary = perfSummary(ctx, r.perfData)
 	}
 	r.edgeCPU, r.window, r.hostBusy = used[0], wall, busy
+	if m, err := scrape(e.url("/metrics")); err == nil {
+		r.chosen = time.Duration(m["flvcdn_edge_merge_window_seconds"] * float64(time.Second))
+	}
 	// Memory is read after the window, with every viewer still connected and long
 	// past its first writes (buffers and stacks have grown to their working size).
 	loaded, scrapes, err := e.settledMemory(ctx)
@@ -665,13 +720,18 @@ func (w *world) runStep(ctx context.Context, e *edgeRun, st step) (*stepResult, 
 // runFloor measures the floor process with the step's N and merge window.
 func (w *world) runFloor(ctx context.Context, st step, r *stepResult) error {
 	out := &tailBuffer{Max: 4096}
-	p, err := w.startOut("floor", w.self, []string{"floor", "--media", w.media.path, "--merge-window", st.window.String()}, out)
+	args := []string{"floor", "--media", w.media.path, "--merge-window", st.window.String()}
+	if st.fixed {
+		args = append(args, "--fixed-window")
+	}
+	p, err := w.startOut("floor", w.self, args, out)
 	if err != nil {
 		return err
 	}
 	defer p.Stop(5 * time.Second)
 	var addr string
-	if err := waitReady(ctx, p, 20*time.Second, func() error {
+	// It loads and indexes the media first: on a saturated host that took over 20 s.
+	if err := waitReady(ctx, p, time.Minute, func() error {
 		for line := range strings.SplitSeq(out.String(), "\n") {
 			if a, ok := strings.CutPrefix(line, "listening "); ok {
 				addr = a
@@ -716,6 +776,9 @@ func (w *world) runFloor(ctx context.Context, st step, r *stepResult) error {
 	for line := range strings.SplitSeq(out.String(), "\n") {
 		if v, ok := strings.CutPrefix(line, "drops "); ok {
 			r.floorDrops, _ = strconv.Atoi(strings.TrimSpace(v))
+		}
+		if v, ok := strings.CutPrefix(line, "window "); ok {
+			r.floorChosen, _ = time.ParseDuration(strings.TrimSpace(v))
 		}
 	}
 	return nil

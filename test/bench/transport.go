@@ -92,7 +92,7 @@ func (w *world) runTransports(ctx context.Context) error {
 				edges[i].err = err
 				return
 			}
-			e, err := w.startEdge(ctx, c.mergeWindow, "--tls-cert", cert.CertFile, "--tls-key", cert.KeyFile, "--https-addr", https)
+			e, err := w.startEdge(ctx, c.mergeWindow, true, "--tls-cert", cert.CertFile, "--tls-key", cert.KeyFile, "--https-addr", https)
 			edges[i] = prepared{e, https, err}
 			if err != nil || !c.fillRing {
 				return
@@ -328,7 +328,7 @@ func (w *world) runTransport(ctx context.Context, name string, e *edgeRun, https
 
 // runTransportFloor measures the floor of r's transport at the same N.
 func (w *world) runTransportFloor(ctx context.Context, r *transportResult, cert *harness.Cert) error {
-	args := []string{"floor", "--media", w.media.path, "--merge-window", w.cfg.mergeWindow.String()}
+	args := []string{"floor", "--media", w.media.path, "--merge-window", w.cfg.mergeWindow.String(), "--fixed-window"}
 	if r.name != "http/1.1" {
 		mode := map[string]string{"https/1.1": "https1", "h2": "h2", "ws": "ws"}[r.name]
 		args = []string{"floor-transport", "--mode", mode, "--media", w.media.path, "--merge-window", w.cfg.mergeWindow.String(),

@@ -1,0 +1,342 @@
+package httpflv
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/flvcdn/flvcdn/pkg/edge"
+	"github.com/flvcdn/flvcdn/pkg/stream"
+)
+
+// The bytes of hijacked HTTP/1.1 viewers are written by a few goroutines per
+// stream, one per CPU ("shards"), not by one goroutine per viewer. At each wake-up
+// of its stream a shard gives each of its viewers everything queued since that
+// viewer's last write, as one HTTP chunk in one non-blocking writev. What a socket
+// does not take waits for the stream's next wake-up, and a viewer with bytes still
+// waiting gets nothing new: its cursor falls behind in the stream's ring, where the
+// edge's lag policy skips it to a keyframe or drops it. A viewer whose socket takes
+// nothing for WriteTimeout is dropped.
+//
+// Why: per viewer this costs a small struct instead of a goroutine stack and the
+// scheduling of one goroutine per viewer per window (measured with make bench: RSS
+// and CPU per viewer; see README), and a full socket never parks a writer.
+
+// shardKey names one shard: a stream actor's viewers, split by slot.
+type shardKey struct {
+	s    *edge.Stream
+	slot int
+}
+
+// shard writes to its share of one stream's viewers.
+type shard struct {
+	srv   *Server
+	key   shardKey
+	kick  chan struct{} // a viewer was added
+	added []*flvConn    // guarded by srv.shardMu
+	conns []*flvConn    // the shard goroutine's own
+	bufs  net.Buffers   // scratch for one viewer's batch
+	iov   []syscall.Iovec
+	retry *time.Timer // runs while a viewer has bytes waiting
+}
+
+// retryEvery is how often bytes a socket did not take are tried again when the
+// stream has no wake-up sooner (a stalled or ended stream has none).
+const retryEvery = 50 * time.Millisecond
+
+// flvConn is one hijacked viewer.
+type flvConn struct {
+	conn    net.Conn
+	raw     syscall.RawConn
+	v       *edge.Viewer
+	name    stream.Name
+	pl      play
+	pending net.Buffers // what the socket has not taken yet
+	chunk   int64       // FLV bytes in pending's chunk, counted once it is all written
+	line    [20]byte    // pending chunk's size line
+	stuck   time.Time   // since when the socket took nothing; zero while nothing waits
+	written int64       // FLV bytes written
+	end     error       // why the viewer ends, once known
+}
+
+// maxRounds bounds how often one viewer is served in a row within one wake-up
+// (a join burst larger than a batch takes several).
+const maxRounds = 8
+
+// startWriter hands a hijacked viewer to its stream's shard; the response head
+// goes out as its first bytes.
+func (s *Server) startWriter(conn net.Conn, hdr http.Header, v *edge.Viewer, name stream.Name, pl play) error {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return errors.New("hijacked connection has no file descriptor")
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var head strings.Builder
+	head.WriteString("HTTP/1.1 200 OK\r\n")
+	hdr.Set("Transfer-Encoding", "chunked")
+	hdr.Set("Connection", "close")
+	_ = hdr.Write(&head)
+	head.WriteString("\r\n")
+	c := &flvConn{conn: conn, raw: raw, v: v, name: name, pl: pl, pending: net.Buffers{[]byte(head.String())}}
+
+	ctx := s.BaseContext
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	s.shardMu.Lock()
+	if s.shards == nil {
+		s.shards = map[shardKey]*shard{}
+	}
+	s.nextSlot++
+	key := shardKey{v.Stream(), s.nextSlot % runtime.GOMAXPROCS(0)}
+	sh := s.shards[key]
+	if sh == nil {
+		sh = &shard{srv: s, key: key, kick: make(chan struct{}, 1)}
+		if !s.goWriter(func() { sh.run(ctx) }) {
+			s.shardMu.Unlock()
+			return errors.New("edge is shutting down")
+		}
+		s.shards[key] = sh
+	}
+	sh.added = append(sh.added, c)
+	s.shardMu.Unlock()
+	select {
+	case sh.kick <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// run serves the shard's viewers until it has none left, or ctx ends.
+func (sh *shard) run(ctx context.Context) {
+	sh.retry = time.NewTimer(time.Hour)
+	sh.retry.Stop()
+	defer sh.retry.Stop()
+	for {
+		s := sh.srv
+		s.shardMu.Lock()
+		sh.conns = append(sh.conns, sh.added...)
+		clear(sh.added)
+		sh.added = sh.added[:0]
+		if len(sh.conns) == 0 {
+			delete(s.shards, sh.key) // under shardMu: nobody can add to it any more
+			s.shardMu.Unlock()
+			return
+		}
+		s.shardMu.Unlock()
+
+		// Taken before serving: a wake-up during the round is not missed.
+		wake := sh.conns[0].v.Wake()
+		now := time.Now()
+		kept := sh.conns[:0]
+		waiting := false
+		for _, c := range sh.conns {
+			if sh.serve(c, now) {
+				sh.finish(c)
+				continue
+			}
+			kept = append(kept, c)
+			waiting = waiting || len(c.pending) > 0
+		}
+		clear(sh.conns[len(kept):])
+		sh.conns = kept
+		var retry <-chan time.Time
+		if waiting {
+			sh.retry.Reset(retryEvery)
+			retry = sh.retry.C
+		}
+		select {
+		case <-wake:
+		case <-retry:
+		case <-sh.kick:
+		case <-ctx.Done():
+			for _, c := range sh.conns {
+				c.end = context.Canceled
+				sh.finish(c)
+			}
+			sh.conns = nil
+			s.shardMu.Lock()
+			for _, c := range sh.added {
+				c.end = context.Canceled
+				sh.finish(c)
+			}
+			sh.added = nil
+			delete(s.shards, sh.key)
+			s.shardMu.Unlock()
+			return
+		}
+	}
+}
+
+// serve writes what c has waiting and what its viewer has due; it reports whether
+// c is done (c.end says why).
+func (sh *shard) serve(c *flvConn, now time.Time) bool {
+	for range maxRounds {
+		if len(c.pending) == 0 {
+			if c.end != nil {
+				return true
+			}
+			if cap(sh.bufs) == 0 {
+				sh.bufs = make(net.Buffers, 0, keptSlices)
+			}
+			bufs, err := c.v.Poll(sh.bufs[:1]) // slot 0: the chunk size line
+			if len(bufs) > 1 {
+				var n int64
+				for _, b := range bufs[1:] {
+					n += int64(len(b))
+				}
+				bufs[0] = append(strconv.AppendInt(c.line[:0], n, 16), '\r', '\n')
+				c.pending, c.chunk = append(bufs, crlf), n
+				if cap(c.pending) <= keptSlices {
+					sh.bufs = c.pending[:0] // a join burst's larger array is left to the GC
+				}
+			}
+			if err != nil {
+				c.end = err
+			}
+			if len(c.pending) == 0 {
+				return c.end != nil
+			}
+		}
+		took, err := sh.writev(c)
+		if err != nil {
+			c.end = err
+			return true
+		}
+		if len(c.pending) > 0 { // the socket is full: the rest waits for the next wake-up
+			switch {
+			case took > 0 || c.stuck.IsZero():
+				c.stuck = now
+			case now.Sub(c.stuck) > sh.srv.writeTimeout():
+				c.end = errWriteTimeout
+				return true
+			}
+			return false
+		}
+		c.stuck = time.Time{}
+		if c.chunk > 0 {
+			c.written += c.chunk
+			bytesOut.Add(float64(c.chunk))
+			sh.srv.written.Add(uint64(c.chunk))
+			c.chunk = 0
+		}
+	}
+	return false
+}
+
+var (
+	crlf            = []byte("\r\n")
+	errWriteTimeout = errors.New("write timeout")
+)
+
+// keptSlices bounds the scratch slice array a shard keeps between batches.
+const keptSlices = 64
+
+// writev writes c.pending without blocking, drops what the socket took from it
+// and returns how many bytes that was.
+func (sh *shard) writev(c *flvConn) (int, error) {
+	total := 0
+	for len(c.pending) > 0 {
+		sh.iov = sh.iov[:0]
+		want := 0
+		for _, b := range c.pending {
+			if len(sh.iov) == 1024 { // IOV_MAX
+				break
+			}
+			if len(b) > 0 {
+				iv := syscall.Iovec{Base: &b[0]}
+				iv.SetLen(len(b))
+				sh.iov = append(sh.iov, iv)
+				want += len(b)
+			}
+		}
+		if want == 0 {
+			c.pending = c.pending[:0]
+			break
+		}
+		var n uintptr
+		var errno syscall.Errno
+		err := c.raw.Write(func(fd uintptr) bool {
+			n, _, errno = syscall.Syscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&sh.iov[0])), uintptr(len(sh.iov)))
+			return true // never wait: what the socket does not take stays pending
+		})
+		clear(sh.iov)
+		switch {
+		case err != nil:
+			return total, err
+		case errno == syscall.EAGAIN || errno == syscall.EINTR:
+			return total, nil
+		case errno != 0:
+			return total, errno
+		}
+		total += int(n)
+		consume(&c.pending, int(n))
+		if int(n) < want {
+			break
+		}
+	}
+	switch {
+	case len(c.pending) == 0:
+		c.pending = nil // the array may be the shard's scratch
+	case sameArray(c.pending, sh.bufs):
+		c.pending = append(net.Buffers(nil), c.pending...) // the scratch serves the next viewer
+	}
+	return total, nil
+}
+
+// consume drops the first n bytes from bufs.
+func consume(bufs *net.Buffers, n int) {
+	v := *bufs
+	for len(v) > 0 && n >= len(v[0]) {
+		n -= len(v[0])
+		v[0] = nil
+		v = v[1:]
+	}
+	if len(v) > 0 {
+		v[0] = v[0][n:]
+	}
+	*bufs = v
+}
+
+// sameArray reports whether a and b are slices of one array (they end together).
+func sameArray(a, b net.Buffers) bool {
+	if cap(a) == 0 || cap(b) == 0 {
+		return false
+	}
+	return &a[:cap(a)][cap(a)-1] == &b[:cap(b)][cap(b)-1]
+}
+
+// finish ends a viewer: a terminating chunk when its stream ended or the edge
+// shuts down, then the socket closes and the viewer leaves its stream.
+func (sh *shard) finish(c *flvConn) {
+	s := sh.srv
+	switch {
+	case errors.Is(c.end, io.EOF) || errors.Is(c.end, context.Canceled):
+		if len(c.pending) == 0 {
+			c.pending = net.Buffers{[]byte("0\r\n\r\n")}
+			_, _ = sh.writev(c)
+		}
+	case errors.Is(c.end, edge.ErrTooSlow):
+		s.Log.Info("viewer dropped: too slow", "stream", c.name)
+	case errors.Is(c.end, errWriteTimeout):
+		edge.CountDrop("write-timeout")
+		s.Log.Info("viewer dropped: write timeout", "stream", c.name)
+	default:
+		s.Log.Debug("viewer left", "stream", c.name, "err", c.end)
+	}
+	_ = c.conn.Close()
+	c.v.Close()
+	c.pending = nil
+	s.stopped(c.pl, c.written)
+}
