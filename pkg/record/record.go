@@ -22,6 +22,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -54,29 +55,47 @@ type Config struct {
 type Recorder struct {
 	cfg Config
 	log *slog.Logger
+	wg  sync.WaitGroup
 }
 
-// New checks cfg and returns a Recorder, creating Dir when missing. Errors name the setting.
-func New(cfg Config, log *slog.Logger) (*Recorder, error) {
+// Wait returns once every writer has closed its files (after their sessions ended).
+func (r *Recorder) Wait() { r.wg.Wait() }
+
+// Check validates cfg without touching the disk. Errors name the setting.
+func Check(cfg Config) error {
+	_, err := cfg.checked()
+	return err
+}
+
+func (cfg Config) checked() (Config, error) {
 	if cfg.Dir == "" {
-		return nil, errors.New("--record-dir: required with --record")
+		return cfg, errors.New("--record-dir: required with --record")
 	}
 	for _, p := range cfg.Match {
 		if _, err := path.Match(p, "a/b"); err != nil || strings.Count(p, "/") != 1 {
-			return nil, fmt.Errorf("--record %q: want an app/stream pattern such as live/* or */*", p)
+			return cfg, fmt.Errorf("--record %q: want an app/stream pattern such as live/* or */*", p)
 		}
 	}
 	if cfg.Segment == 0 {
 		cfg.Segment = 10 * time.Minute
 	}
 	if cfg.Segment < time.Second {
-		return nil, fmt.Errorf("--record-segment %s: must be at least 1s", cfg.Segment)
+		return cfg, fmt.Errorf("--record-segment %s: must be at least 1s", cfg.Segment)
 	}
 	if cfg.Flush <= 0 {
 		cfg.Flush = time.Second
 	}
 	if cfg.Queue <= 0 {
 		cfg.Queue = 8192
+	}
+	return cfg, nil
+}
+
+// New checks cfg and returns a Recorder, creating Dir when missing. Errors name the setting.
+func New(cfg Config, log *slog.Logger) (*Recorder, error) {
+	cfg, err := cfg.checked()
+	if err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("--record-dir: %w", err)
@@ -103,7 +122,11 @@ func (r *Recorder) Open(name stream.Name, session string) *Writer {
 	w := &Writer{r: r, name: name, session: session, tags: make(chan flv.Tag, r.cfg.Queue),
 		end: make(chan struct{}), Done: make(chan struct{})}
 	active.Inc()
-	go w.run()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		w.run()
+	}()
 	return w
 }
 
