@@ -1,0 +1,380 @@
+// Package relay moves live streams between flvcdn and other servers: it pulls
+// streams from upstream RTMP or HTTP-FLV servers into an origin, exactly as if they
+// had been published there (Puller), and pushes streams an origin owns to other RTMP
+// servers (Pusher). It also has the edge's side of pulling on demand (OnDemand).
+//
+// It never serves viewers and never touches the registry's claims itself: a pulled
+// stream is claimed by package origin like any publish, and a push runs only where
+// the stream's session runs, on the origin that owns it.
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/flvcdn/flvcdn/pkg/origin"
+	"github.com/flvcdn/flvcdn/pkg/registry"
+	"github.com/flvcdn/flvcdn/pkg/stream"
+)
+
+// Pull modes.
+const (
+	// ModeOnDemand pulls a stream from its first viewer anywhere in the cluster until a
+	// linger period after its last.
+	ModeOnDemand = "on-demand"
+	// ModeAlways pulls a stream while any origin configured with it is up.
+	ModeAlways = "always"
+)
+
+// Pull is one --pull setting: a stream name and its upstream.
+type Pull struct {
+	Name stream.Name
+	URL  *url.URL
+}
+
+// ParsePull parses "app/stream=URL" with an rtmp://, http:// or https:// URL.
+func ParsePull(v string) (Pull, error) {
+	n, raw, ok := strings.Cut(v, "=")
+	if !ok || raw == "" {
+		return Pull{}, fmt.Errorf("--pull %q: want app/stream=URL", v)
+	}
+	name, err := stream.ParseName(n)
+	if err != nil {
+		return Pull{}, fmt.Errorf("--pull %q: %w", v, err)
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return Pull{}, fmt.Errorf("--pull %q: %w", v, err)
+	}
+	switch u.Scheme {
+	case "rtmp":
+		if _, _, _, _, err := rtmpTarget(u); err != nil {
+			return Pull{}, fmt.Errorf("--pull %q: %w", v, err)
+		}
+	case "http", "https":
+		if u.Host == "" {
+			return Pull{}, fmt.Errorf("--pull %q: want http://host/path.flv", v)
+		}
+	default:
+		return Pull{}, fmt.Errorf("--pull %q: scheme %q: want rtmp, http or https", v, u.Scheme)
+	}
+	return Pull{Name: name, URL: u}, nil
+}
+
+// PullConfig tunes a Puller. Zero values take the documented defaults.
+type PullConfig struct {
+	Pulls []Pull
+	// Mode is ModeOnDemand (default) or ModeAlways.
+	Mode string
+	// Linger: an on-demand pull stops this long after the edges last reported a
+	// viewer of it. Default 10s.
+	Linger time.Duration
+	// MinBackoff and MaxBackoff bound the wait between upstream attempts, doubled
+	// after each failure. Defaults 1s and 30s.
+	MinBackoff, MaxBackoff time.Duration
+	// DialTimeout bounds connecting to the upstream up to its first answer. Default 10s.
+	DialTimeout time.Duration
+	// Idle drops an upstream that sends nothing for this long. Default 10s.
+	Idle time.Duration
+}
+
+// CheckMode validates a --pull-mode value.
+func CheckMode(m string) error {
+	if m != ModeOnDemand && m != ModeAlways {
+		return fmt.Errorf("--pull-mode %q: want %s or %s", m, ModeOnDemand, ModeAlways)
+	}
+	return nil
+}
+
+func (c *PullConfig) defaults() {
+	set := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	if c.Mode == "" {
+		c.Mode = ModeOnDemand
+	}
+	set(&c.Linger, 10*time.Second)
+	set(&c.MinBackoff, time.Second)
+	set(&c.MaxBackoff, 30*time.Second)
+	set(&c.DialTimeout, 10*time.Second)
+	set(&c.Idle, 10*time.Second)
+}
+
+// Origin is the part of an origin a Puller drives.
+type Origin interface {
+	Pull(ctx context.Context, name stream.Name) (*origin.Stream, error)
+	Draining() bool
+}
+
+// Lookup finds a stream's owner in the registry.
+type Lookup interface {
+	LookupStream(ctx context.Context, stream string) (registry.Owner, error)
+}
+
+// Requests delivers on-demand pull requests (bus.Cluster.HandlePulls).
+type Requests func(names []string, f func(name string, reply func())) (stop func(), err error)
+
+// Puller runs the --pull streams of one origin.
+type Puller struct {
+	cfg    PullConfig
+	o      Origin
+	reg    Lookup
+	demand func(name string) int
+	log    *slog.Logger
+	pulls  map[string]*pullState
+}
+
+type pullState struct {
+	Pull
+	requests chan func()
+	running  atomic.Bool
+}
+
+// NewPuller returns a Puller. demand reports the viewers edges hold for a name
+// (cluster.View.Demand).
+func NewPuller(cfg PullConfig, o Origin, reg Lookup, demand func(name string) int, log *slog.Logger) *Puller {
+	cfg.defaults()
+	p := &Puller{cfg: cfg, o: o, reg: reg, demand: demand, log: log, pulls: map[string]*pullState{}}
+	for _, pl := range cfg.Pulls {
+		p.pulls[string(pl.Name)] = &pullState{Pull: pl, requests: make(chan func(), 64)}
+	}
+	return p
+}
+
+// Run pulls until ctx ends. Requests (on-demand mode) start a pull at once; a
+// periodic check (every second) starts one that nobody owns while it is wanted:
+// always, or, on demand, while edges report viewers of it (a takeover after the
+// pulling origin died).
+func (p *Puller) Run(ctx context.Context, requests Requests) error {
+	if len(p.pulls) == 0 {
+		return nil
+	}
+	if p.cfg.Mode == ModeOnDemand {
+		names := make([]string, 0, len(p.pulls))
+		for n := range p.pulls {
+			names = append(names, n)
+		}
+		stop, err := requests(names, func(name string, reply func()) {
+			ps := p.pulls[name]
+			switch {
+			case ps == nil || p.o.Draining():
+			case ps.running.Load():
+				reply()
+			default:
+				select {
+				case ps.requests <- reply:
+				default: // a burst: the ones queued already will start it
+				}
+			}
+		})
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	done := make(chan struct{})
+	for _, ps := range p.pulls {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			p.loop(ctx, ps)
+		}()
+	}
+	for range p.pulls {
+		<-done
+	}
+	return nil
+}
+
+// loop waits until the stream is wanted and nobody has it, then pulls it.
+func (p *Puller) loop(ctx context.Context, ps *pullState) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		var waiting []func()
+		select {
+		case <-ctx.Done():
+			return
+		case r := <-ps.requests:
+			waiting = append(waiting, r)
+		case <-tick.C:
+		}
+	more:
+		for {
+			select {
+			case r := <-ps.requests:
+				waiting = append(waiting, r)
+			default:
+				break more
+			}
+		}
+		if p.o.Draining() {
+			continue
+		}
+		if len(waiting) == 0 {
+			if p.cfg.Mode == ModeOnDemand && p.demand(string(ps.Name)) == 0 {
+				continue
+			}
+			lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			_, err := p.reg.LookupStream(lctx, string(ps.Name))
+			cancel()
+			if !errors.Is(err, registry.ErrNotFound) {
+				continue // owned elsewhere (or the registry cannot say)
+			}
+		}
+		p.session(ctx, ps, waiting)
+	}
+}
+
+var (
+	errNoViewers = errors.New("no viewers anywhere for the linger period")
+	errKicked    = errors.New("stream claim lost or publisher kicked")
+)
+
+// session claims the stream, answers the requests, and pulls until the stream is
+// no longer wanted, retrying the upstream with capped exponential backoff.
+func (p *Puller) session(ctx context.Context, ps *pullState, waiting []func()) {
+	log := p.log.With("stream", ps.Name, "upstream", ps.URL.Redacted())
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	s, err := p.o.Pull(ctx, ps.Name)
+	if err == nil || errors.Is(err, registry.ErrTaken) {
+		for _, reply := range waiting {
+			reply()
+		}
+	}
+	if err != nil {
+		if !errors.Is(err, registry.ErrTaken) {
+			log.Warn("pull not started", "err", err)
+		}
+		return
+	}
+	ps.running.Store(true)
+	pullsActive.Inc()
+	watch := func(s *origin.Stream) (stop func()) {
+		wctx, stop := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-s.Kicked():
+				cancel(errKicked)
+			case <-wctx.Done():
+			}
+		}()
+		return stop
+	}
+	unwatch := watch(s)
+	defer func() {
+		unwatch()
+		if s != nil {
+			s.Close(context.WithoutCancel(ctx))
+		}
+		pullsActive.Dec()
+		ps.running.Store(false)
+		log.Info("pull stopped", "why", context.Cause(ctx))
+	}()
+	started := time.Now()
+	log.Info("pull started", "mode", p.cfg.Mode)
+	if p.cfg.Mode == ModeOnDemand {
+		go p.watchDemand(ctx, cancel, string(ps.Name))
+	}
+	backoff := p.cfg.MinBackoff
+	published := false
+	for attempt := 1; ; attempt++ {
+		dctx, dcancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
+		up, err := dialUpstream(dctx, ps.URL, p.cfg.Idle)
+		dcancel()
+		if err == nil {
+			upstreamConnects.Inc()
+			if published {
+				// The old session carried the old connection's clock and headers: a
+				// new session makes edges splice (one timeline for viewers).
+				unwatch()
+				s.Close(context.WithoutCancel(ctx))
+				if s, err = p.o.Pull(ctx, ps.Name); err != nil {
+					_ = up.Close()
+					log.Warn("pull not resumed", "err", err)
+					cancel(err)
+					s = nil
+					return
+				}
+				unwatch = watch(s)
+			}
+			log.Info("upstream connected", "attempt", attempt, "since_start", time.Since(started).Round(time.Millisecond))
+			var tags int
+			began := time.Now()
+			tags, err = pump(ctx, s, up)
+			_ = up.Close()
+			if tags > 0 {
+				published = true
+			}
+			if time.Since(began) > p.cfg.MaxBackoff {
+				backoff = p.cfg.MinBackoff // it ran well for a while: start over
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		switch {
+		case errors.Is(err, errInvalid):
+			upstreamFailures.WithLabelValues("invalid").Inc()
+			log.Warn("upstream sent invalid data: connection dropped", "err", err, "retry_in", backoff)
+		case errors.Is(err, errUpstreamEnded):
+			upstreamFailures.WithLabelValues("ended").Inc()
+			log.Warn("upstream ended the stream", "retry_in", backoff)
+		default:
+			upstreamFailures.WithLabelValues("error").Inc()
+			log.Warn("upstream failed", "err", err, "retry_in", backoff)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, p.cfg.MaxBackoff)
+	}
+}
+
+// watchDemand cancels an on-demand pull once the edges have reported no viewer of
+// it for the linger period.
+func (p *Puller) watchDemand(ctx context.Context, cancel context.CancelCauseFunc, name string) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if p.demand(name) > 0 {
+				last = now
+			} else if now.Sub(last) >= p.cfg.Linger {
+				cancel(errNoViewers)
+				return
+			}
+		}
+	}
+}
+
+// pump copies the upstream's tags into the session until either fails or ctx ends.
+func pump(ctx context.Context, s *origin.Stream, up upstream) (int, error) {
+	stop := context.AfterFunc(ctx, func() { _ = up.Close() })
+	defer stop()
+	n := 0
+	for {
+		typ, ts, body, err := up.next()
+		if err != nil {
+			return n, err
+		}
+		if err := s.WriteTag(typ, ts, body); err != nil {
+			return n, err
+		}
+		n++
+	}
+}
