@@ -224,6 +224,13 @@ func run(c *Config, log *slog.Logger) error {
 	for _, src := range sources {
 		goRun(func() error { return src.Run(ctx, o) })
 	}
+	puller, err := c.Relay.puller(o, store, view, log)
+	if err != nil {
+		return err
+	}
+	if puller != nil {
+		goRun(func() error { return puller.Run(ctx, cl.HandlePulls) })
+	}
 	if c.Janitor || c.Kubeconfig != "" {
 		goRun(func() error { return runJanitor(ctx, c, store, log) })
 	}

@@ -2,23 +2,32 @@ package main
 
 import (
 	"flag"
+	"fmt"
 	"log/slog"
 	"time"
 
+	"github.com/flvcdn/flvcdn/pkg/cluster"
 	"github.com/flvcdn/flvcdn/pkg/conf"
 	"github.com/flvcdn/flvcdn/pkg/hook"
 	"github.com/flvcdn/flvcdn/pkg/origin"
 	"github.com/flvcdn/flvcdn/pkg/record"
+	"github.com/flvcdn/flvcdn/pkg/relay"
 )
 
 // RelayConfig holds the relay and recording settings (issue 13).
 type RelayConfig struct {
+	Pull          conf.Multi
+	PullMode      string
+	PullLinger    time.Duration
 	Record        conf.Multi
 	RecordDir     string
 	RecordSegment time.Duration
 }
 
 func (r *RelayConfig) register(fs *flag.FlagSet) {
+	fs.Var(&r.Pull, "pull", "pull a stream from an upstream: app/stream=rtmp://host/app/name or =http://host/path.flv (repeatable)")
+	fs.StringVar(&r.PullMode, "pull-mode", relay.ModeOnDemand, "on-demand: from the first viewer anywhere until --pull-linger after the last; always: while this origin is up")
+	fs.DurationVar(&r.PullLinger, "pull-linger", 10*time.Second, "on-demand pulls stop this long after the edges last reported a viewer")
 	fs.Var(&r.Record, "record", "record streams matching this app/stream pattern, e.g. 'live/*' or '*/*' (repeatable)")
 	fs.StringVar(&r.RecordDir, "record-dir", "", "directory of recordings: DIR/app/stream/<UTC start>.flv")
 	fs.DurationVar(&r.RecordSegment, "record-segment", 10*time.Minute, "start a new recording file at the first keyframe after this long")
@@ -26,11 +35,50 @@ func (r *RelayConfig) register(fs *flag.FlagSet) {
 
 // check validates the settings without side effects, naming the wrong one.
 func (r *RelayConfig) check() error {
+	if _, err := r.pulls(); err != nil {
+		return err
+	}
+	if err := relay.CheckMode(r.PullMode); err != nil {
+		return err
+	}
+	if r.PullLinger < time.Second {
+		return fmt.Errorf("--pull-linger %s: must be at least 1s", r.PullLinger)
+	}
 	if len(r.Record) == 0 {
 		return nil
 	}
 	_, err := r.recorder("", nil, slog.New(slog.DiscardHandler), true)
 	return err
+}
+
+// pulls parses every --pull, naming the one that is wrong.
+func (r *RelayConfig) pulls() ([]relay.Pull, error) {
+	var out []relay.Pull
+	seen := map[string]bool{}
+	for _, v := range r.Pull {
+		p, err := relay.ParsePull(v)
+		if err != nil {
+			return nil, err
+		}
+		if seen[string(p.Name)] {
+			return nil, fmt.Errorf("--pull %q: %s is pulled twice", v, p.Name)
+		}
+		seen[string(p.Name)] = true
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// puller returns the Puller of the --pull streams (nil without any).
+func (r *RelayConfig) puller(o *origin.Origin, reg relay.Lookup, view *cluster.View, log *slog.Logger) (*relay.Puller, error) {
+	pulls, err := r.pulls()
+	if err != nil || len(pulls) == 0 {
+		return nil, err
+	}
+	for _, p := range pulls {
+		log.Info("pulling", "stream", p.Name, "upstream", p.URL.Redacted(), "mode", r.PullMode)
+	}
+	return relay.NewPuller(relay.PullConfig{Pulls: pulls, Mode: r.PullMode, Linger: r.PullLinger}, o, reg, view.Demand, log), nil
 }
 
 // recorder returns the Recorder (nil without --record). dryRun checks only.

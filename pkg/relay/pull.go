@@ -236,6 +236,7 @@ func (p *Puller) loop(ctx context.Context, ps *pullState) {
 var (
 	errNoViewers = errors.New("no viewers anywhere for the linger period")
 	errKicked    = errors.New("stream claim lost or publisher kicked")
+	errDraining  = errors.New("origin draining")
 )
 
 // session claims the stream, answers the requests, and pulls until the stream is
@@ -281,9 +282,7 @@ func (p *Puller) session(ctx context.Context, ps *pullState, waiting []func()) {
 	}()
 	started := time.Now()
 	log.Info("pull started", "mode", p.cfg.Mode)
-	if p.cfg.Mode == ModeOnDemand {
-		go p.watchDemand(ctx, cancel, string(ps.Name))
-	}
+	go p.watch(ctx, cancel, string(ps.Name))
 	backoff := p.cfg.MinBackoff
 	published := false
 	for attempt := 1; ; attempt++ {
@@ -341,9 +340,10 @@ func (p *Puller) session(ctx context.Context, ps *pullState, waiting []func()) {
 	}
 }
 
-// watchDemand cancels an on-demand pull once the edges have reported no viewer of
+// watch cancels a pull when the origin starts draining (so that another origin takes
+// it over at once), and an on-demand pull once the edges have reported no viewer of
 // it for the linger period.
-func (p *Puller) watchDemand(ctx context.Context, cancel context.CancelCauseFunc, name string) {
+func (p *Puller) watch(ctx context.Context, cancel context.CancelCauseFunc, name string) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	last := time.Now()
@@ -352,7 +352,11 @@ func (p *Puller) watchDemand(ctx context.Context, cancel context.CancelCauseFunc
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			if p.demand(name) > 0 {
+			if p.o.Draining() {
+				cancel(errDraining)
+				return
+			}
+			if p.cfg.Mode != ModeOnDemand || p.demand(name) > 0 {
 				last = now
 			} else if now.Sub(last) >= p.cfg.Linger {
 				cancel(errNoViewers)
