@@ -149,7 +149,6 @@ func TestPullRTMPOnDemand(t *testing.T) {
 	})
 }
 
-
 // relayFigure logs a measured figure of a relay scenario (grep "relay:" in -v output).
 func relayFigure(t testing.TB, scenario, name string, value any, what string) {
 	t.Helper()
