@@ -99,6 +99,7 @@ func dialHTTPFLV(ctx context.Context, u *url.URL, idle time.Duration) (upstream,
 		return nil, ctx.Err()
 	}
 	h := &httpFLV{resp: resp, r: flv.NewReader(resp.Body, 0), cancel: cancel, idle: idle, timer: time.AfterFunc(idle, cancel)}
+	h.r.KnownTypes = true
 	if err := h.r.ReadHeader(); err != nil {
 		h.Close()
 		return nil, fmt.Errorf("%w: %w", errInvalid, err)
@@ -113,7 +114,7 @@ func (h *httpFLV) next() (byte, uint32, []byte, error) {
 		if errors.Is(err, io.EOF) {
 			return 0, 0, nil, errUpstreamEnded
 		}
-		if errors.Is(err, flv.ErrPrevTagSize) || errors.Is(err, flv.ErrTooLarge) {
+		if errors.Is(err, flv.ErrPrevTagSize) || errors.Is(err, flv.ErrTooLarge) || errors.Is(err, flv.ErrTagType) {
 			err = fmt.Errorf("%w: %w", errInvalid, err)
 		}
 		return 0, 0, nil, err

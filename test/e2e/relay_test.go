@@ -8,6 +8,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strconv"
@@ -153,4 +155,128 @@ func TestPullRTMPOnDemand(t *testing.T) {
 func relayFigure(t testing.TB, scenario, name string, value any, what string) {
 	t.Helper()
 	t.Logf("relay: %s: %s=%v (%s)", scenario, name, value, what)
+}
+
+// originPulling returns the origins whose flvcdn_pull_active is 1.
+func originsPulling(ctx context.Context, t testing.TB, os ...*origin) []*origin {
+	t.Helper()
+	var out []*origin
+	for _, o := range os {
+		if sumMetric(ctx, t, "flvcdn_pull_active", o) == 1 {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// A stream pulled always, over HTTP-FLV from another flvcdn cluster's edge: exactly
+// one of two origins pulls it with no viewer at all. The pulling origin is killed
+// (SIGKILL) while a viewer watches: the other origin takes the claim over once it
+// lapses and pulls, and the viewer sees a splice, not an end.
+func TestPullHTTPFLVAlwaysTakeover(t *testing.T) {
+	t.Parallel()
+	ctx := scenario(t, 150*time.Second, "ffmpeg")
+	media := makeMedia(t, mediaAV)
+	foreign := newCluster(ctx, t)
+	fo, fe := foreign.startOrigin(), foreign.startEdge()
+	goLive(ctx, t, publish(t, "ffmpeg-foreign", media, fo.rtmpURL("live/src", "")), "live/src", fe)
+
+	c := newCluster(ctx, t)
+	pull := []string{"--pull", "live/relay=" + fe.url("live/src"), "--pull-mode", "always", "--ttl", "1s"}
+	o1, o2 := c.startOrigin(pull...), c.startOrigin(pull...)
+	e := c.startEdge()
+	waitFor(within(ctx, t, 20*time.Second), t, "one origin pulling with no viewer", func() error {
+		if n := len(originsPulling(ctx, t, o1, o2)); n != 1 {
+			return fmt.Errorf("%d origins pulling", n)
+		}
+		return nil
+	})
+	e.waitPlayable(ctx, t, "live/relay")
+	v, err := StartViewer(ctx, e.url("live/relay"), ViewOptions{WantAudio: true, WantVideo: true, MaxStall: 15 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Stop()
+	if err := v.WaitTags(within(ctx, t, 15*time.Second), "3 s of video", func(v *Viewer) bool { return v.VideoTags() >= 75 }); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(originsPulling(ctx, t, o1, o2)); n != 1 {
+		t.Fatalf("%d origins pulling, want 1", n)
+	}
+	dead := originsPulling(ctx, t, o1, o2)[0]
+	other := o1
+	if dead == o1 {
+		other = o2
+	}
+	n := v.VideoTags()
+	dead.kill()
+	killed := time.Now()
+	// 6 s of video after the kill: the successor's, long enough for the viewer's rate checks.
+	if err := v.WaitTags(within(ctx, t, 25*time.Second), "6 s of video after the takeover", func(v *Viewer) bool { return v.VideoTags() >= n+150 }); err != nil {
+		t.Fatal(err)
+	}
+	relayFigure(t, "pull-takeover", "kill_to_6s_of_video", time.Since(killed).Round(10*time.Millisecond), "takeover time + 6 s of video")
+	relayFigure(t, "pull-takeover", "viewer_longest_stall", time.Duration(v.Report().LongestStall).Round(10*time.Millisecond), "the takeover as the viewer sees it; --ttl 1s")
+	if got := originsPulling(ctx, t, other); len(got) != 1 {
+		t.Fatalf("%s does not pull after %s died", other.id, dead.id)
+	}
+	select {
+	case <-v.Done():
+		t.Fatalf("the viewer's response ended at the takeover: %v", v.Err())
+	default:
+	}
+	if r, err := v.Stop(); err != nil {
+		t.Fatalf("viewer: %v (%s)", err, r)
+	}
+}
+
+// Bad upstream URLs are refused at start with the setting named; an upstream that
+// sends garbage is dropped with a clear log line and retried with a growing backoff,
+// while another stream of the same origin plays on.
+func TestPullBadUpstreams(t *testing.T) {
+	t.Parallel()
+	ctx := scenario(t, 90*time.Second, "ffmpeg")
+	for _, bad := range []string{"live/x=ftp://host/a", "live/x=rtmp://host/onlyapp", "live/bad.name=http://h/a.flv", "live/x"} {
+		out, err := exec.CommandContext(ctx, binDir+"/flvcdn-origin", "--pull", bad).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "--pull") {
+			t.Errorf("--pull %q: exit %v, output %q; want a refusal naming --pull", bad, err, lastLines(string(out), 3))
+		}
+	}
+
+	garbage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "video/x-flv")
+		_, _ = w.Write([]byte{'F', 'L', 'V', 1, 5, 0, 0, 0, 9, 0, 0, 0, 0})
+		junk := []byte(strings.Repeat("not an FLV tag at all ", 200))
+		for r.Context().Err() == nil {
+			if _, err := w.Write(junk); err != nil {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}))
+	defer garbage.Close()
+	media := makeMedia(t, mediaAV)
+	c := newCluster(ctx, t)
+	o := c.startOrigin("--pull", "live/junk="+garbage.URL+"/junk.flv", "--pull-mode", "always")
+	e := c.startEdge()
+	goLive(ctx, t, publish(t, "ffmpeg", media, o.rtmpURL("live/good", "")), "live/good", e)
+	v, err := StartViewer(ctx, e.url("live/good"), ViewOptions{WantAudio: true, WantVideo: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Stop()
+	waitFor(within(ctx, t, 20*time.Second), t, "the garbage upstream dropped twice, the second time after 2 s", func() error {
+		logs := o.Log.String()
+		if n := strings.Count(logs, "upstream sent invalid data: connection dropped"); n < 2 || !strings.Contains(logs, "retry_in=2s") {
+			return fmt.Errorf("%d drops logged", n)
+		}
+		return nil
+	})
+	n := v.VideoTags()
+	if err := v.WaitTags(within(ctx, t, 15*time.Second), "6 s of the good stream", func(v *Viewer) bool { return v.VideoTags() >= n+150 }); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := v.Stop(); err != nil {
+		t.Fatalf("viewer of the good stream: %v (%s)", err, r)
+	}
 }
