@@ -154,8 +154,12 @@ func run(c *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	push, err := c.Relay.pusher(ctx, log)
+	if err != nil {
+		return err
+	}
 	o, err := origin.New(ctx, origin.Config{ID: c.ID, Addr: c.RTMPAddr, TTL: c.TTL, PublishSecret: c.PublishSecret, MaxPublishers: c.MaxPublishers, Hook: hooks,
-		Taps: taps(rec)}, pub, store, log)
+		Taps: taps(rec, push)}, pub, store, log)
 	if err != nil {
 		return err
 	}
@@ -212,7 +216,7 @@ func run(c *Config, log *slog.Logger) error {
 		}()
 	}
 	goRun(func() error { return o.Run(ctx) })
-	goRun(func() error { return cluster.Run(ctx, cl, view, cluster.OriginReport(c.ID, o), log) })
+	goRun(func() error { return cluster.Run(ctx, cl, view, report(cluster.OriginReport(c.ID, o), push), log) })
 	srv := &rtmp.Server{Ingest: ingest{o}, Log: log, ReadTimeout: c.ReadTimeout, HandshakeTimeout: c.Handshake}
 	goRun(func() error { return srv.Serve(ctx, rtmpLn) })
 	goRun(func() error {
@@ -256,6 +260,9 @@ func run(c *Config, log *slog.Logger) error {
 	o.Wait()
 	if rec != nil {
 		rec.Wait() // segments closed and their durations written
+	}
+	if push != nil {
+		push.Wait()
 	}
 	return err
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -19,6 +20,8 @@ type RelayConfig struct {
 	Pull          conf.Multi
 	PullMode      string
 	PullLinger    time.Duration
+	Push          conf.Multi
+	PushLinger    time.Duration
 	Record        conf.Multi
 	RecordDir     string
 	RecordSegment time.Duration
@@ -28,6 +31,8 @@ func (r *RelayConfig) register(fs *flag.FlagSet) {
 	fs.Var(&r.Pull, "pull", "pull a stream from an upstream: app/stream=rtmp://host/app/name or =http://host/path.flv (repeatable)")
 	fs.StringVar(&r.PullMode, "pull-mode", relay.ModeOnDemand, "on-demand: from the first viewer anywhere until --pull-linger after the last; always: while this origin is up")
 	fs.DurationVar(&r.PullLinger, "pull-linger", 10*time.Second, "on-demand pulls stop this long after the edges last reported a viewer")
+	fs.Var(&r.Push, "push", "forward streams this origin owns to another RTMP server: app/stream=rtmp://host/app/key or app/*=rtmp://host/app/{stream} (repeatable)")
+	fs.DurationVar(&r.PushLinger, "push-linger", 10*time.Second, "keep a push connection this long after its publisher left, so a reconnecting publisher continues it")
 	fs.Var(&r.Record, "record", "record streams matching this app/stream pattern, e.g. 'live/*' or '*/*' (repeatable)")
 	fs.StringVar(&r.RecordDir, "record-dir", "", "directory of recordings: DIR/app/stream/<UTC start>.flv")
 	fs.DurationVar(&r.RecordSegment, "record-segment", 10*time.Minute, "start a new recording file at the first keyframe after this long")
@@ -39,6 +44,9 @@ func (r *RelayConfig) check() error {
 		return err
 	}
 	if err := relay.CheckMode(r.PullMode); err != nil {
+		return err
+	}
+	if _, err := r.pushes(); err != nil {
 		return err
 	}
 	if r.PullLinger < time.Second {
@@ -69,6 +77,31 @@ func (r *RelayConfig) pulls() ([]relay.Pull, error) {
 	return out, nil
 }
 
+// pushes parses every --push, naming the one that is wrong.
+func (r *RelayConfig) pushes() ([]relay.Push, error) {
+	var out []relay.Push
+	for _, v := range r.Push {
+		p, err := relay.ParsePush(v)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// pusher returns the Pusher of the --push settings (nil without any).
+func (r *RelayConfig) pusher(ctx context.Context, log *slog.Logger) (*relay.Pusher, error) {
+	pushes, err := r.pushes()
+	if err != nil || len(pushes) == 0 {
+		return nil, err
+	}
+	for _, p := range pushes {
+		log.Info("pushing", "streams", p.Match, "target", p.Target)
+	}
+	return relay.NewPusher(ctx, relay.PushConfig{Pushes: pushes, Linger: r.PushLinger}, log), nil
+}
+
 // puller returns the Puller of the --pull streams (nil without any).
 func (r *RelayConfig) puller(o *origin.Origin, reg relay.Lookup, view *cluster.View, log *slog.Logger) (*relay.Puller, error) {
 	pulls, err := r.pulls()
@@ -93,16 +126,29 @@ func (r *RelayConfig) recorder(id string, hooks *hook.Client, log *slog.Logger, 
 	return record.New(cfg, log)
 }
 
-// taps composes the session taps of recording (and push).
-func taps(rec *record.Recorder) origin.TapFactory {
-	if rec == nil {
+// taps composes the session taps of recording and push.
+func taps(rec *record.Recorder, push *relay.Pusher) origin.TapFactory {
+	if rec == nil && push == nil {
 		return nil
 	}
 	return func(s origin.SessionInfo) []origin.Tap {
 		var out []origin.Tap
-		if w := rec.Open(s.Name, s.Session); w != nil {
-			out = append(out, w)
+		if rec != nil {
+			if w := rec.Open(s.Name, s.Session); w != nil {
+				out = append(out, w)
+			}
+		}
+		if push != nil {
+			out = append(out, push.Open(s.Name)...)
 		}
 		return out
 	}
+}
+
+// report adds push status to the origin's cluster reports.
+func report(r func(time.Time) cluster.Report, push *relay.Pusher) func(time.Time) cluster.Report {
+	if push == nil {
+		return r
+	}
+	return cluster.WithPushes(r, push.Status)
 }

@@ -56,6 +56,8 @@ type Published struct {
 	Video       *flv.VideoInfo `json:"video,omitempty"`
 	Audio       *flv.AudioInfo `json:"audio,omitempty"`
 	BitrateKbps float64        `json:"bitrate_kbps"`
+	// Push lists where the origin forwards the stream (--push).
+	Push []Push `json:"push,omitempty"`
 }
 
 // Served is a stream as an edge reports it.
@@ -81,6 +83,8 @@ type Stream struct {
 	UptimeS       float64        `json:"uptime_s"`
 	Viewers       int            `json:"viewers"`
 	ViewersByEdge map[string]int `json:"viewers_by_edge"`
+	// Push lists where the owning origin forwards the stream (--push), with status.
+	Push []Push `json:"push,omitempty"`
 }
 
 // View is the latest report of every node (by role and id) heard from within MaxAge.
@@ -153,7 +157,7 @@ func (v *View) Streams() []Stream {
 		for _, p := range r.Published {
 			s := &Stream{Name: p.Name, Origin: r.Node.ID, Video: p.Video, Audio: p.Audio,
 				BitrateKbps: p.BitrateKbps, UptimeS: now.Sub(p.Started).Round(time.Second).Seconds(),
-				ViewersByEdge: map[string]int{}}
+				ViewersByEdge: map[string]int{}, Push: p.Push}
 			// Two origins reporting one name (a takeover in progress): the newer session wins.
 			if old := byName[p.Name]; old == nil || old.UptimeS > s.UptimeS {
 				byName[p.Name] = s

@@ -6,12 +6,15 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -278,5 +281,79 @@ func TestPullBadUpstreams(t *testing.T) {
 	}
 	if r, err := v.Stop(); err != nil {
 		t.Fatalf("viewer of the good stream: %v (%s)", err, r)
+	}
+}
+
+// A stream is pushed to another RTMP server, ffmpeg -listen recording what it
+// receives to a file, by the one origin that owns it (the other origin, configured
+// the same, pushes nothing). The publisher reconnects once: the pushed stream goes
+// on, on one timeline. The cluster API shows the push connected, with bytes.
+// ffprobe reads the result: H.264 and AAC, as long as the time published.
+func TestPushToRTMPServer(t *testing.T) {
+	t.Parallel()
+	ctx := scenario(t, 120*time.Second, "ffmpeg", "ffprobe")
+	media := makeMedia(t, mediaAV)
+	c := newCluster(ctx, t)
+	target := hostPort(freePort(t))
+	out := filepath.Join(t.TempDir(), "pushed.flv")
+	receiver := startCmd(t, "ffmpeg-receiver", exec.Command("ffmpeg", "-hide_banner", "-loglevel", "warning", "-nostdin",
+		"-listen", "1", "-i", "rtmp://"+target+"/live/out", "-c", "copy", "-f", "flv", out))
+	waitFor(within(ctx, t, 10*time.Second), t, "the receiver listening", func() error {
+		if err := receiver.running(); err != nil {
+			return err
+		}
+		return listening(target)
+	})
+	push := []string{"--push", "live/src=rtmp://" + target + "/live/out", "--push-linger", "3s"}
+	o1, o2 := c.startOrigin(push...), c.startOrigin(push...)
+
+	for i := 1; i <= 2; i++ {
+		pub := publish(t, fmt.Sprintf("ffmpeg-publisher-%d", i), media, o1.rtmpURL("live/src", ""), "-t", "6")
+		if i == 2 {
+			waitFor(within(ctx, t, 10*time.Second), t, "the push status in the cluster API", func() error {
+				code, body, err := httpGet(ctx, "http://"+o1.httpAddr+"/api/v1/streams/live/src")
+				if err != nil || code != http.StatusOK {
+					return fmt.Errorf("status %d, %v", code, err)
+				}
+				var s struct {
+					Push []struct {
+						Target    string `json:"target"`
+						Connected bool   `json:"connected"`
+						Bytes     uint64 `json:"bytes"`
+					} `json:"push"`
+				}
+				if err := json.Unmarshal([]byte(body), &s); err != nil {
+					return err
+				}
+				if len(s.Push) != 1 || !s.Push[0].Connected || s.Push[0].Bytes == 0 || !strings.Contains(s.Push[0].Target, target) {
+					return fmt.Errorf("push status %s", body)
+				}
+				return nil
+			})
+		}
+		if code, err := pub.waitExit(within(ctx, t, 30*time.Second)); err != nil || code != 0 {
+			t.Fatalf("publisher %d: exit %d, %v", i, code, err)
+		}
+	}
+	if n := sumMetric(ctx, t, "flvcdn_push_bytes_total", o1); n == 0 {
+		t.Fatal("the owning origin pushed no bytes")
+	}
+	if n := sumMetric(ctx, t, "flvcdn_push_bytes_total", o2); n != 0 {
+		t.Fatalf("the other origin pushed %v bytes, want 0", n)
+	}
+	// The push closes a linger period after the last publisher; the receiver then ends its file.
+	if _, err := receiver.waitExit(within(ctx, t, 20*time.Second)); err != nil {
+		t.Fatalf("the receiver did not finish: %v", err)
+	}
+	p, err := ffprobeFile(ctx, t, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	relayFigure(t, "push", "received", fmt.Sprintf("%.2fs %v %d packets", p.Duration, p.Codecs, p.Packets), "12 s published in two sessions")
+	if !slices.Equal(p.Codecs, []string{"aac", "h264"}) {
+		t.Errorf("codecs %v, want aac and h264", p.Codecs)
+	}
+	if p.Duration < 11 || p.Duration > 13.5 {
+		t.Errorf("pushed %.2f s, want about 12 s (two 6 s sessions on one timeline)", p.Duration)
 	}
 }
