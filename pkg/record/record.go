@@ -309,7 +309,7 @@ func (w *Writer) open(base uint32) error {
 	if err != nil {
 		return err
 	}
-	s := &segment{path: p, f: f, bw: bufio.NewWriterSize(f, 64<<10), base: base, last: base, opened: now}
+	s := &segment{path: p, f: f, bw: bufio.NewWriterSize(f, 256<<10), base: base, last: base, opened: now}
 	w.seg = s
 	w.put(0, 0, nil) // the file header
 	var md flv.Metadata

@@ -178,6 +178,7 @@ func TestRecordSurvivesSIGKILL(t *testing.T) {
 	o := c.startOrigin("--record", "live/*", "--record-dir", dir, "--record-segment", "1m")
 	pub := publish(t, "ffmpeg", media, o.rtmpURL("live/crash", ""))
 	pub.waitSent(ctx, t, 5*time.Second)
+	sent := time.Duration(pub.sentUS.Load()) * time.Microsecond
 	o.kill()
 	files := recordings(dir, "live/crash")
 	if len(files) != 1 {
@@ -188,9 +189,15 @@ func TestRecordSurvivesSIGKILL(t *testing.T) {
 		t.Fatalf("the partial file does not probe: %v", err)
 	}
 	t.Logf("partial %s: %v, %d packets", filepath.Base(files[0]), p.Codecs, p.Packets)
-	// 5 s sent: 125 video frames and ~215 AAC frames; at most the last second unflushed.
-	if !slices.Equal(p.Codecs, []string{"aac", "h264"}) || p.Packets < 200 {
-		t.Fatalf("partial file: codecs %v, %d packets; want aac+h264 and at least 3 s of packets", p.Codecs, p.Packets)
+	if !slices.Equal(p.Codecs, []string{"aac", "h264"}) {
+		t.Fatalf("partial file: codecs %v, want aac and h264", p.Codecs)
+	}
+	// The file is flushed every second: it holds all but about the last second sent
+	// (25 video frames and ~43 AAC frames a second).
+	kept := time.Duration(p.Packets) * time.Second / 68
+	relayFigure(t, "record-sigkill", "media_kept", fmt.Sprintf("%v of %v sent", kept.Round(100*time.Millisecond), sent.Round(100*time.Millisecond)), "flush every 1s")
+	if kept < sent-1500*time.Millisecond {
+		t.Fatalf("partial file holds %d packets (~%v) of %v sent: more than the last 1.5 s lost", p.Packets, kept, sent)
 	}
 }
 
