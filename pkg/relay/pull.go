@@ -197,6 +197,10 @@ func (p *Puller) Run(ctx context.Context, requests Requests) error {
 func (p *Puller) loop(ctx context.Context, ps *pullState) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	// A start that failed (callback denied, registry down) is tried again by the
+	// periodic check only after a backoff; a request from an edge tries at once.
+	var notBefore time.Time
+	backoff := p.cfg.MinBackoff
 	for {
 		var waiting []func()
 		select {
@@ -219,7 +223,7 @@ func (p *Puller) loop(ctx context.Context, ps *pullState) {
 			continue
 		}
 		if len(waiting) == 0 {
-			if p.cfg.Mode == ModeOnDemand && p.demand(string(ps.Name)) == 0 {
+			if time.Now().Before(notBefore) || (p.cfg.Mode == ModeOnDemand && p.demand(string(ps.Name)) == 0) {
 				continue
 			}
 			lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -229,7 +233,12 @@ func (p *Puller) loop(ctx context.Context, ps *pullState) {
 				continue // owned elsewhere (or the registry cannot say)
 			}
 		}
-		p.session(ctx, ps, waiting)
+		if p.session(ctx, ps, waiting) {
+			notBefore, backoff = time.Time{}, p.cfg.MinBackoff
+		} else {
+			notBefore = time.Now().Add(backoff)
+			backoff = min(2*backoff, p.cfg.MaxBackoff)
+		}
 	}
 }
 
@@ -240,8 +249,10 @@ var (
 )
 
 // session claims the stream, answers the requests, and pulls until the stream is
-// no longer wanted, retrying the upstream with capped exponential backoff.
-func (p *Puller) session(ctx context.Context, ps *pullState, waiting []func()) {
+// no longer wanted, retrying the upstream with capped exponential backoff. It
+// reports false when the pull could not start for a reason other than another
+// origin holding the stream.
+func (p *Puller) session(ctx context.Context, ps *pullState, waiting []func()) bool {
 	log := p.log.With("stream", ps.Name, "upstream", ps.URL.Redacted())
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -252,10 +263,11 @@ func (p *Puller) session(ctx context.Context, ps *pullState, waiting []func()) {
 		}
 	}
 	if err != nil {
-		if !errors.Is(err, registry.ErrTaken) {
-			log.Warn("pull not started", "err", err)
+		if errors.Is(err, registry.ErrTaken) {
+			return true
 		}
-		return
+		log.Warn("pull not started", "err", err)
+		return false
 	}
 	ps.running.Store(true)
 	pullsActive.Inc()
@@ -301,7 +313,7 @@ func (p *Puller) session(ctx context.Context, ps *pullState, waiting []func()) {
 					log.Warn("pull not resumed", "err", err)
 					cancel(err)
 					s = nil
-					return
+					return true
 				}
 				unwatch = watch(s)
 			}
@@ -318,7 +330,7 @@ func (p *Puller) session(ctx context.Context, ps *pullState, waiting []func()) {
 			}
 		}
 		if ctx.Err() != nil {
-			return
+			return true
 		}
 		switch {
 		case errors.Is(err, errInvalid):
@@ -333,7 +345,7 @@ func (p *Puller) session(ctx context.Context, ps *pullState, waiting []func()) {
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return true
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, p.cfg.MaxBackoff)
