@@ -172,64 +172,76 @@ func originsPulling(ctx context.Context, t testing.TB, os ...*origin) []*origin 
 	return out
 }
 
-// A stream pulled always, over HTTP-FLV from another flvcdn cluster's edge: exactly
-// one of two origins pulls it with no viewer at all. The pulling origin is killed
-// (SIGKILL) while a viewer watches: the other origin takes the claim over once it
-// lapses and pulls, and the viewer sees a splice, not an end.
-func TestPullHTTPFLVAlwaysTakeover(t *testing.T) {
+// A stream pulled over HTTP-FLV from another flvcdn cluster's edge, in each mode.
+// always: exactly one of two origins pulls it with no viewer at all; on-demand: none
+// until the first viewer, then one. The pulling origin is killed (SIGKILL) while a
+// viewer watches: the other origin takes the claim over once it lapses (always: its
+// periodic check; on demand: the edges still report the viewer) and pulls, and the
+// viewer sees a splice, not an end.
+func TestPullHTTPFLVTakeover(t *testing.T) {
 	t.Parallel()
-	ctx := scenario(t, 150*time.Second, "ffmpeg")
-	media := makeMedia(t, mediaAV)
-	foreign := newCluster(ctx, t)
-	fo, fe := foreign.startOrigin(), foreign.startEdge()
-	goLive(ctx, t, publish(t, "ffmpeg-foreign", media, fo.rtmpURL("live/src", "")), "live/src", fe)
+	for _, mode := range []string{"always", "on-demand"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			ctx := scenario(t, 150*time.Second, "ffmpeg")
+			media := makeMedia(t, mediaAV)
+			foreign := newCluster(ctx, t)
+			fo, fe := foreign.startOrigin(), foreign.startEdge()
+			goLive(ctx, t, publish(t, "ffmpeg-foreign", media, fo.rtmpURL("live/src", "")), "live/src", fe)
 
-	c := newCluster(ctx, t)
-	pull := []string{"--pull", "live/relay=" + fe.url("live/src"), "--pull-mode", "always", "--ttl", "1s"}
-	o1, o2 := c.startOrigin(pull...), c.startOrigin(pull...)
-	e := c.startEdge()
-	waitFor(within(ctx, t, 20*time.Second), t, "one origin pulling with no viewer", func() error {
-		if n := len(originsPulling(ctx, t, o1, o2)); n != 1 {
-			return fmt.Errorf("%d origins pulling", n)
-		}
-		return nil
-	})
-	e.waitPlayable(ctx, t, "live/relay")
-	v, err := StartViewer(ctx, e.url("live/relay"), ViewOptions{WantAudio: true, WantVideo: true, MaxStall: 15 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Stop()
-	if err := v.WaitTags(within(ctx, t, 15*time.Second), "3 s of video", func(v *Viewer) bool { return v.VideoTags() >= 75 }); err != nil {
-		t.Fatal(err)
-	}
-	if n := len(originsPulling(ctx, t, o1, o2)); n != 1 {
-		t.Fatalf("%d origins pulling, want 1", n)
-	}
-	dead := originsPulling(ctx, t, o1, o2)[0]
-	other := o1
-	if dead == o1 {
-		other = o2
-	}
-	n := v.VideoTags()
-	dead.kill()
-	killed := time.Now()
-	// 6 s of video after the kill: the successor's, long enough for the viewer's rate checks.
-	if err := v.WaitTags(within(ctx, t, 25*time.Second), "6 s of video after the takeover", func(v *Viewer) bool { return v.VideoTags() >= n+150 }); err != nil {
-		t.Fatal(err)
-	}
-	relayFigure(t, "pull-takeover", "kill_to_6s_of_video", time.Since(killed).Round(10*time.Millisecond), "takeover time + 6 s of video")
-	relayFigure(t, "pull-takeover", "viewer_longest_stall", time.Duration(v.Report().LongestStall).Round(10*time.Millisecond), "the takeover as the viewer sees it; --ttl 1s")
-	if got := originsPulling(ctx, t, other); len(got) != 1 {
-		t.Fatalf("%s does not pull after %s died", other.id, dead.id)
-	}
-	select {
-	case <-v.Done():
-		t.Fatalf("the viewer's response ended at the takeover: %v", v.Err())
-	default:
-	}
-	if r, err := v.Stop(); err != nil {
-		t.Fatalf("viewer: %v (%s)", err, r)
+			c := newCluster(ctx, t)
+			pull := []string{"--pull", "live/relay=" + fe.url("live/src"), "--pull-mode", mode, "--ttl", "1s"}
+			o1, o2 := c.startOrigin(pull...), c.startOrigin(pull...)
+			e := c.startEdge()
+			want := 1
+			if mode == "on-demand" {
+				want = 0
+			}
+			waitFor(within(ctx, t, 20*time.Second), t, fmt.Sprintf("%d origins pulling with no viewer", want), func() error {
+				if n := len(originsPulling(ctx, t, o1, o2)); n != want {
+					return fmt.Errorf("%d origins pulling", n)
+				}
+				return nil
+			})
+			v, err := StartViewer(ctx, e.url("live/relay"), ViewOptions{WantAudio: true, WantVideo: true, MaxStall: 15 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer v.Stop()
+			if err := v.WaitTags(within(ctx, t, 15*time.Second), "3 s of video", func(v *Viewer) bool { return v.VideoTags() >= 75 }); err != nil {
+				t.Fatal(err)
+			}
+			pulling := originsPulling(ctx, t, o1, o2)
+			if len(pulling) != 1 {
+				t.Fatalf("%d origins pulling, want 1", len(pulling))
+			}
+			dead, other := pulling[0], o1
+			if dead == o1 {
+				other = o2
+			}
+			stallBefore := time.Duration(v.Report().LongestStall)
+			n := v.VideoTags()
+			dead.kill()
+			killed := time.Now()
+			// 6 s of video after the kill: the successor's, long enough for the viewer's rate checks.
+			if err := v.WaitTags(within(ctx, t, 25*time.Second), "6 s of video after the takeover", func(v *Viewer) bool { return v.VideoTags() >= n+150 }); err != nil {
+				t.Fatal(err)
+			}
+			relayFigure(t, "pull-takeover-"+mode, "kill_to_6s_of_video", time.Since(killed).Round(10*time.Millisecond), "takeover time + 6 s of video")
+			relayFigure(t, "pull-takeover-"+mode, "viewer_longest_stall", time.Duration(v.Report().LongestStall).Round(10*time.Millisecond),
+				fmt.Sprintf("the takeover as the viewer sees it, --ttl 1s (before the kill: %v)", stallBefore.Round(10*time.Millisecond)))
+			if got := originsPulling(ctx, t, other); len(got) != 1 {
+				t.Fatalf("%s does not pull after %s died", other.id, dead.id)
+			}
+			select {
+			case <-v.Done():
+				t.Fatalf("the viewer's response ended at the takeover: %v", v.Err())
+			default:
+			}
+			if r, err := v.Stop(); err != nil {
+				t.Fatalf("viewer: %v (%s)", err, r)
+			}
+		})
 	}
 }
 
@@ -286,9 +298,11 @@ func TestPullBadUpstreams(t *testing.T) {
 
 // A stream is pushed to another RTMP server, ffmpeg -listen recording what it
 // receives to a file, by the one origin that owns it (the other origin, configured
-// the same, pushes nothing). The publisher reconnects once: the pushed stream goes
-// on, on one timeline. The cluster API shows the push connected, with bytes.
-// ffprobe reads the result: H.264 and AAC, as long as the time published.
+// the same, pushes nothing). The target starts listening only after the stream has
+// gone live: the push retries with backoff until it connects. The publisher
+// reconnects once: the pushed stream goes on, on one timeline. The cluster API shows
+// the push connected, with bytes and the failed attempts. ffprobe reads the result:
+// H.264 and AAC, as long as the time published after the target came up.
 func TestPushToRTMPServer(t *testing.T) {
 	t.Parallel()
 	ctx := scenario(t, 120*time.Second, "ffmpeg", "ffprobe")
@@ -296,19 +310,19 @@ func TestPushToRTMPServer(t *testing.T) {
 	c := newCluster(ctx, t)
 	target := hostPort(freePort(t))
 	out := filepath.Join(t.TempDir(), "pushed.flv")
-	receiver := startCmd(t, "ffmpeg-receiver", exec.Command("ffmpeg", "-hide_banner", "-loglevel", "warning", "-nostdin",
-		"-listen", "1", "-i", "rtmp://"+target+"/live/out", "-c", "copy", "-f", "flv", out))
-	waitFor(within(ctx, t, 10*time.Second), t, "the receiver listening", func() error {
-		if err := receiver.running(); err != nil {
-			return err
-		}
-		return listening(target)
-	})
 	push := []string{"--push", "live/src=rtmp://" + target + "/live/out", "--push-linger", "3s"}
 	o1, o2 := c.startOrigin(push...), c.startOrigin(push...)
 
+	var receiver *proc
+	var upAt time.Duration // media time published when the target came up
 	for i := 1; i <= 2; i++ {
 		pub := publish(t, fmt.Sprintf("ffmpeg-publisher-%d", i), media, o1.rtmpURL("live/src", ""), "-t", "6")
+		if i == 1 {
+			pub.waitSent(ctx, t, 1500*time.Millisecond) // the push has failed at least once by now
+			upAt = time.Duration(pub.sentUS.Load()) * time.Microsecond
+			receiver = startCmd(t, "ffmpeg-receiver", exec.Command("ffmpeg", "-hide_banner", "-loglevel", "warning", "-nostdin",
+				"-listen", "1", "-i", "rtmp://"+target+"/live/out", "-c", "copy", "-f", "flv", out))
+		}
 		if i == 2 {
 			waitFor(within(ctx, t, 10*time.Second), t, "the push status in the cluster API", func() error {
 				code, body, err := httpGet(ctx, "http://"+o1.httpAddr+"/api/v1/streams/live/src")
@@ -320,12 +334,13 @@ func TestPushToRTMPServer(t *testing.T) {
 						Target    string `json:"target"`
 						Connected bool   `json:"connected"`
 						Bytes     uint64 `json:"bytes"`
+						Errors    uint64 `json:"errors"`
 					} `json:"push"`
 				}
 				if err := json.Unmarshal([]byte(body), &s); err != nil {
 					return err
 				}
-				if len(s.Push) != 1 || !s.Push[0].Connected || s.Push[0].Bytes == 0 || !strings.Contains(s.Push[0].Target, target) {
+				if len(s.Push) != 1 || !s.Push[0].Connected || s.Push[0].Bytes == 0 || s.Push[0].Errors == 0 || !strings.Contains(s.Push[0].Target, target) {
 					return fmt.Errorf("push status %s", body)
 				}
 				return nil
@@ -349,11 +364,15 @@ func TestPushToRTMPServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	relayFigure(t, "push", "received", fmt.Sprintf("%.2fs %v %d packets", p.Duration, p.Codecs, p.Packets), "12 s published in two sessions")
+	// The push connects within its backoff (1 s, 2 s, ...) of the target coming up
+	// and starts at the next keyframe: up to ~3 s of the first session are not pushed.
+	want := 12 - upAt.Seconds()
+	relayFigure(t, "push", "received", fmt.Sprintf("%.2fs %v %d packets", p.Duration, p.Codecs, p.Packets),
+		fmt.Sprintf("12 s published in two sessions, the target up after %.1f s", upAt.Seconds()))
 	if !slices.Equal(p.Codecs, []string{"aac", "h264"}) {
 		t.Errorf("codecs %v, want aac and h264", p.Codecs)
 	}
-	if p.Duration < 11 || p.Duration > 13.5 {
-		t.Errorf("pushed %.2f s, want about 12 s (two 6 s sessions on one timeline)", p.Duration)
+	if p.Duration < want-3.5 || p.Duration > want+1 {
+		t.Errorf("pushed %.2f s, want %.1f s minus at most the backoff (two 6 s sessions on one timeline)", p.Duration, want)
 	}
 }
