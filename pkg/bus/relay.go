@@ -10,7 +10,11 @@ import (
 )
 
 // pullRoot prefixes the on-demand pull requests: flvcdn.pull.<app>.<stream>.
-const pullRoot = "flvcdn.pull."
+// Origins answer them as one queue group, so each request reaches one origin.
+const (
+	pullRoot  = "flvcdn.pull."
+	pullQueue = "flvcdn-pullers"
+)
 
 // RequestPull asks the origins configured to pull stream name ("app/stream") on
 // demand to start it, and returns once one answered that it has claimed the stream
@@ -26,9 +30,10 @@ func (c *Cluster) RequestPull(ctx context.Context, name string) error {
 	return nil
 }
 
-// HandlePulls subscribes to the pull requests of names and calls f for each with a
-// reply function, which f (or whoever it hands it to) calls once the stream is
-// claimed; f must not block. Until stop.
+// HandlePulls subscribes to the pull requests of names, in the origins' queue group
+// (each request goes to one of the origins that pull the name), and calls f for
+// each with a reply function, which f (or whoever it hands it to) calls once the
+// stream is claimed; f must not block. Until stop.
 func (c *Cluster) HandlePulls(names []string, f func(name string, reply func())) (stop func(), err error) {
 	var subs []*nats.Subscription
 	stop = func() {
@@ -37,7 +42,7 @@ func (c *Cluster) HandlePulls(names []string, f func(name string, reply func()))
 		}
 	}
 	for _, name := range names {
-		sub, err := c.nc.Subscribe(pullRoot+strings.Replace(name, "/", ".", 1), func(m *nats.Msg) {
+		sub, err := c.nc.QueueSubscribe(pullRoot+strings.Replace(name, "/", ".", 1), pullQueue, func(m *nats.Msg) {
 			f(name, func() {
 				if m.Reply != "" {
 					_ = m.Respond(nil)

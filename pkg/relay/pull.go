@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -149,10 +150,11 @@ func NewPuller(cfg PullConfig, o Origin, reg Lookup, demand func(name string) in
 	return p
 }
 
-// Run pulls until ctx ends. Requests (on-demand mode) start a pull at once; a
-// periodic check (every second) starts one that nobody owns while it is wanted:
-// always, or, on demand, while edges report viewers of it (a takeover after the
-// pulling origin died).
+// Run pulls until ctx ends. Requests (on-demand mode; each reaches one origin of
+// the queue group) start a pull at once; a periodic check (every second) starts one
+// that nobody owns while it is wanted: always, or, on demand, while edges report
+// viewers of it (a takeover after the pulling origin died). Concurrent attempts of
+// several origins are settled by the registry claim.
 func (p *Puller) Run(ctx context.Context, requests Requests) error {
 	if len(p.pulls) == 0 {
 		return nil
@@ -178,7 +180,25 @@ func (p *Puller) Run(ctx context.Context, requests Requests) error {
 		if err != nil {
 			return err
 		}
-		defer stop()
+		var once sync.Once
+		unsubscribe := func() { once.Do(stop) }
+		defer unsubscribe()
+		// A draining origin leaves the queue group, so requests go to the others.
+		go func() {
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					if p.o.Draining() {
+						unsubscribe()
+						return
+					}
+				}
+			}
+		}()
 	}
 	done := make(chan struct{})
 	for _, ps := range p.pulls {
@@ -201,6 +221,11 @@ func (p *Puller) loop(ctx context.Context, ps *pullState) {
 	// periodic check only after a backoff; a request from an edge tries at once.
 	var notBefore time.Time
 	backoff := p.cfg.MinBackoff
+	// The periodic check starts a pull only when two checks in a row (a second
+	// apart) found no owner: the owner itself leaves a gap of a few milliseconds
+	// when it moves to a new session after its upstream reconnected, and a rival
+	// claiming in that gap would cut it off from its upstream.
+	unowned := 0
 	for {
 		var waiting []func()
 		select {
@@ -224,15 +249,21 @@ func (p *Puller) loop(ctx context.Context, ps *pullState) {
 		}
 		if len(waiting) == 0 {
 			if time.Now().Before(notBefore) || (p.cfg.Mode == ModeOnDemand && p.demand(string(ps.Name)) == 0) {
+				unowned = 0
 				continue
 			}
 			lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			_, err := p.reg.LookupStream(lctx, string(ps.Name))
 			cancel()
 			if !errors.Is(err, registry.ErrNotFound) {
+				unowned = 0
 				continue // owned elsewhere (or the registry cannot say)
 			}
+			if unowned++; unowned < 2 {
+				continue
+			}
 		}
+		unowned = 0
 		if p.session(ctx, ps, waiting) {
 			notBefore, backoff = time.Time{}, p.cfg.MinBackoff
 		} else {

@@ -71,17 +71,33 @@ func recordings(dir, stream string) []string {
 	return files
 }
 
-// recordHooks collects "record" callbacks, decoded by the contract's names.
+// relayEvent is a callback body, decoded by the contract's names.
+type relayEvent struct {
+	Action    string  `json:"action"`
+	App       string  `json:"app"`
+	Stream    string  `json:"stream"`
+	Path      string  `json:"path"`
+	DurationS float64 `json:"duration_s"`
+}
+
+// recordHooks collects every callback and allows them all.
 type recordHooks struct {
 	mu     sync.Mutex
-	events []struct {
-		Action    string  `json:"action"`
-		App       string  `json:"app"`
-		Stream    string  `json:"stream"`
-		Path      string  `json:"path"`
-		DurationS float64 `json:"duration_s"`
+	events []relayEvent
+	srv    *httptest.Server
+}
+
+// count returns how many callbacks of action arrived.
+func (h *recordHooks) count(action string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, ev := range h.events {
+		if ev.Action == action {
+			n++
+		}
 	}
-	srv *httptest.Server
+	return n
 }
 
 func startRecordHooks(t *testing.T) *recordHooks {
@@ -90,14 +106,8 @@ func startRecordHooks(t *testing.T) *recordHooks {
 		b, _ := io.ReadAll(r.Body)
 		h.mu.Lock()
 		defer h.mu.Unlock()
-		var ev struct {
-			Action    string  `json:"action"`
-			App       string  `json:"app"`
-			Stream    string  `json:"stream"`
-			Path      string  `json:"path"`
-			DurationS float64 `json:"duration_s"`
-		}
-		if err := json.Unmarshal(b, &ev); err == nil && ev.Action == "record" {
+		var ev relayEvent
+		if err := json.Unmarshal(b, &ev); err == nil {
 			h.events = append(h.events, ev)
 		}
 		w.WriteHeader(http.StatusNoContent)
@@ -111,7 +121,9 @@ func (h *recordHooks) durations() map[string]float64 {
 	defer h.mu.Unlock()
 	out := map[string]float64{}
 	for _, ev := range h.events {
-		out[ev.Path] = ev.DurationS
+		if ev.Action == "record" {
+			out[ev.Path] = ev.DurationS
+		}
 	}
 	return out
 }

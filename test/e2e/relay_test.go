@@ -74,14 +74,16 @@ func sumMetric(ctx context.Context, t testing.TB, name string, os ...*origin) fl
 // and pull it, and viewers at both edges play it. The upstream dies and comes back
 // within the grace period: viewers continue. It dies for good: the viewers' responses
 // end after the edge's stall timer (5 s) plus --grace. With no viewer left anywhere,
-// the pull stops a linger period later.
+// the pull stops a linger period later. Each session is announced by a "pull"
+// callback (one origin asks: the requests go to a queue group) and ends with "unpublish".
 func TestPullRTMPOnDemand(t *testing.T) {
 	t.Parallel()
 	ctx := scenario(t, 150*time.Second, "ffmpeg")
 	media := makeMedia(t, mediaAV)
 	c := newCluster(ctx, t)
 	up := hostPort(freePort(t))
-	pull := []string{"--pull", "live/cam=rtmp://" + up + "/live/src", "--pull-linger", "3s"}
+	hooks := startRecordHooks(t)
+	pull := []string{"--pull", "live/cam=rtmp://" + up + "/live/src", "--pull-linger", "3s", "--hook-url", hooks.srv.URL}
 	o1, o2 := c.startOrigin(pull...), c.startOrigin(pull...)
 	e1, e2 := c.startEdge("--grace", "6s", "--linger", "2s"), c.startEdge("--grace", "6s", "--linger", "2s")
 	upstream := rtmpUpstream(ctx, t, "ffmpeg-upstream-1", media, up)
@@ -115,6 +117,9 @@ func TestPullRTMPOnDemand(t *testing.T) {
 	if n := sumMetric(ctx, t, "flvcdn_pull_upstream_connects_total", o1, o2); n != 1 {
 		t.Fatalf("%v upstream connections, want 1", n)
 	}
+	if n := hooks.count("pull"); n != 1 {
+		t.Fatalf("%d pull callbacks, want 1 (one origin asked)", n)
+	}
 
 	// The upstream dies and comes back within the grace period: viewers continue.
 	upstream.kill()
@@ -146,9 +151,12 @@ func TestPullRTMPOnDemand(t *testing.T) {
 			t.Logf("viewer: %v (%s)", err, r)
 		}
 	}
-	waitFor(within(ctx, t, 30*time.Second), t, "the pull to stop after the last viewer", func() error {
+	waitFor(within(ctx, t, 30*time.Second), t, "the pull to stop after the last viewer, every session reported ended", func() error {
 		if n := sumMetric(ctx, t, "flvcdn_pull_active", o1, o2); n != 0 {
 			return fmt.Errorf("%v pulls active", n)
+		}
+		if p, u := hooks.count("pull"), hooks.count("unpublish"); p != u || p < 2 {
+			return fmt.Errorf("%d pull and %d unpublish callbacks, want as many of each (2: one per upstream connection)", p, u)
 		}
 		return nil
 	})
