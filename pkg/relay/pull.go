@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/flvcdn/flvcdn/pkg/flv"
 	"github.com/flvcdn/flvcdn/pkg/origin"
 	"github.com/flvcdn/flvcdn/pkg/registry"
 	"github.com/flvcdn/flvcdn/pkg/stream"
@@ -112,6 +113,7 @@ func (c *PullConfig) defaults() {
 // Origin is the part of an origin a Puller drives.
 type Origin interface {
 	Pull(ctx context.Context, name stream.Name) (*origin.Stream, error)
+	Repull(ctx context.Context, old *origin.Stream) (*origin.Stream, error)
 	Draining() bool
 }
 
@@ -222,9 +224,9 @@ func (p *Puller) loop(ctx context.Context, ps *pullState) {
 	var notBefore time.Time
 	backoff := p.cfg.MinBackoff
 	// The periodic check starts a pull only when two checks in a row (a second
-	// apart) found no owner: the owner itself leaves a gap of a few milliseconds
-	// when it moves to a new session after its upstream reconnected, and a rival
-	// claiming in that gap would cut it off from its upstream.
+	// apart) found no owner: a live owner's claim can vanish for a moment (a
+	// registry restarted empty, until the owner's next heartbeat restores it), and a
+	// rival claiming then would cut the owner off from its upstream.
 	unowned := 0
 	for {
 		var waiting []func()
@@ -264,9 +266,14 @@ func (p *Puller) loop(ctx context.Context, ps *pullState) {
 			}
 		}
 		unowned = 0
-		if p.session(ctx, ps, waiting) {
+		started, upErr := p.session(ctx, ps, waiting)
+		switch {
+		case started:
 			notBefore, backoff = time.Time{}, p.cfg.MinBackoff
-		} else {
+		default:
+			if upErr != nil {
+				p.failed(p.log.With("stream", ps.Name, "upstream", ps.URL.Redacted()), upErr, backoff)
+			}
 			notBefore = time.Now().Add(backoff)
 			backoff = min(2*backoff, p.cfg.MaxBackoff)
 		}
@@ -279,14 +286,22 @@ var (
 	errDraining  = errors.New("origin draining")
 )
 
-// session claims the stream, answers the requests, and pulls until the stream is
-// no longer wanted, retrying the upstream with capped exponential backoff. It
-// reports false when the pull could not start for a reason other than another
-// origin holding the stream.
-func (p *Puller) session(ctx context.Context, ps *pullState, waiting []func()) bool {
+// session connects to the upstream and reads up to its first keyframe, then claims
+// the stream, answers the requests, and pulls until the stream is no longer wanted,
+// retrying the upstream with capped exponential backoff. Claiming with a GOP in hand
+// means edges that join the new session get a keyframe at once, not an empty cache
+// (and a burst later). It reports false when the pull could not start for a reason
+// other than another origin holding the stream, with the upstream's error when that
+// was the reason (the caller logs it with its backoff).
+func (p *Puller) session(ctx context.Context, ps *pullState, waiting []func()) (bool, error) {
 	log := p.log.With("stream", ps.Name, "upstream", ps.URL.Redacted())
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	started := time.Now()
+	up, err := p.prime(ctx, ps.URL)
+	if err != nil {
+		return false, err
+	}
 	s, err := p.o.Pull(ctx, ps.Name)
 	if err == nil || errors.Is(err, registry.ErrTaken) {
 		for _, reply := range waiting {
@@ -294,11 +309,12 @@ func (p *Puller) session(ctx context.Context, ps *pullState, waiting []func()) b
 		}
 	}
 	if err != nil {
+		_ = up.Close()
 		if errors.Is(err, registry.ErrTaken) {
-			return true
+			return true, nil
 		}
 		log.Warn("pull not started", "err", err)
-		return false
+		return false, nil
 	}
 	ps.running.Store(true)
 	pullsActive.Inc()
@@ -316,43 +332,40 @@ func (p *Puller) session(ctx context.Context, ps *pullState, waiting []func()) b
 	unwatch := watch(s)
 	defer func() {
 		unwatch()
-		if s != nil {
-			s.Close(context.WithoutCancel(ctx))
-		}
+		s.Close(context.WithoutCancel(ctx))
 		pullsActive.Dec()
 		ps.running.Store(false)
 		log.Info("pull stopped", "why", context.Cause(ctx))
 	}()
-	started := time.Now()
-	log.Info("pull started", "mode", p.cfg.Mode)
+	log.Info("pull started", "mode", p.cfg.Mode, "since_start", time.Since(started).Round(time.Millisecond))
 	go p.watch(ctx, cancel, string(ps.Name))
 	backoff := p.cfg.MinBackoff
 	published := false
-	for attempt := 1; ; attempt++ {
-		dctx, dcancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
-		up, err := dialUpstream(dctx, ps.URL, p.cfg.Idle)
-		dcancel()
-		if err == nil {
-			upstreamConnects.Inc()
-			if published {
+	for {
+		if up == nil {
+			if up, err = p.prime(ctx, ps.URL); err == nil && published {
 				// The old session carried the old connection's clock and headers: a
-				// new session makes edges splice (one timeline for viewers).
+				// new session makes edges splice (one timeline for viewers). The
+				// claim moves to it without a gap another origin could claim in.
 				unwatch()
-				s.Close(context.WithoutCancel(ctx))
-				if s, err = p.o.Pull(ctx, ps.Name); err != nil {
+				next, err := p.o.Repull(ctx, s)
+				if err != nil {
 					_ = up.Close()
 					log.Warn("pull not resumed", "err", err)
 					cancel(err)
-					s = nil
-					return true
+					return true, nil // the deferred close ends s (a no-op when Repull did)
 				}
+				s = next
 				unwatch = watch(s)
+				log.Info("upstream reconnected: new session")
 			}
-			log.Info("upstream connected", "attempt", attempt, "since_start", time.Since(started).Round(time.Millisecond))
-			var tags int
+		}
+		if err == nil {
 			began := time.Now()
+			var tags int
 			tags, err = pump(ctx, s, up)
 			_ = up.Close()
+			up = nil
 			if tags > 0 {
 				published = true
 			}
@@ -361,26 +374,81 @@ func (p *Puller) session(ctx context.Context, ps *pullState, waiting []func()) b
 			}
 		}
 		if ctx.Err() != nil {
-			return true
+			return true, nil
 		}
-		switch {
-		case errors.Is(err, errInvalid):
-			upstreamFailures.WithLabelValues("invalid").Inc()
-			log.Warn("upstream sent invalid data: connection dropped", "err", err, "retry_in", backoff)
-		case errors.Is(err, errUpstreamEnded):
-			upstreamFailures.WithLabelValues("ended").Inc()
-			log.Warn("upstream ended the stream", "retry_in", backoff)
-		default:
-			upstreamFailures.WithLabelValues("error").Inc()
-			log.Warn("upstream failed", "err", err, "retry_in", backoff)
-		}
+		p.failed(log, err, backoff)
 		select {
 		case <-ctx.Done():
-			return true
+			return true, nil
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, p.cfg.MaxBackoff)
 	}
+}
+
+// failed logs and counts an upstream failure.
+func (p *Puller) failed(log *slog.Logger, err error, retry time.Duration) {
+	switch {
+	case errors.Is(err, errInvalid):
+		upstreamFailures.WithLabelValues("invalid").Inc()
+		log.Warn("upstream sent invalid data: connection dropped", "err", err, "retry_in", retry)
+	case errors.Is(err, errUpstreamEnded):
+		upstreamFailures.WithLabelValues("ended").Inc()
+		log.Warn("upstream ended the stream", "retry_in", retry)
+	default:
+		upstreamFailures.WithLabelValues("error").Inc()
+		log.Warn("upstream failed", "err", err, "retry_in", retry)
+	}
+}
+
+// maxPrimed bounds the tags read while waiting for the first keyframe.
+const maxPrimed = 2000
+
+// primed is an upstream connection with its first tags, up to the first keyframe
+// (or the first audio frame of a stream without video), already read.
+type primed struct {
+	upstream
+	first []primedTag
+}
+
+type primedTag struct {
+	typ  byte
+	ts   uint32
+	body []byte
+}
+
+// prime connects to the upstream and reads up to its first keyframe, within
+// DialTimeout.
+func (p *Puller) prime(ctx context.Context, u *url.URL) (*primed, error) {
+	dctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
+	defer cancel()
+	up, err := dialUpstream(dctx, u, p.cfg.Idle)
+	if err != nil {
+		return nil, err
+	}
+	upstreamConnects.Inc()
+	stop := context.AfterFunc(dctx, func() { _ = up.Close() })
+	defer stop()
+	pr := &primed{upstream: up}
+	video := false
+	for len(pr.first) < maxPrimed {
+		typ, ts, body, err := up.next()
+		if err != nil {
+			_ = up.Close()
+			if dctx.Err() != nil && ctx.Err() == nil {
+				err = fmt.Errorf("no keyframe within %v: %w", p.cfg.DialTimeout, err)
+			}
+			return nil, err
+		}
+		pr.first = append(pr.first, primedTag{typ, ts, body})
+		switch k := flv.Classify(typ, body); {
+		case k == flv.KindKeyframe, typ == flv.TypeAudio && k != flv.KindAudioHeader && !video:
+			return pr, nil
+		case k == flv.KindVideoHeader:
+			video = true
+		}
+	}
+	return pr, nil
 }
 
 // watch cancels a pull when the origin starts draining (so that another origin takes
@@ -409,11 +477,19 @@ func (p *Puller) watch(ctx context.Context, cancel context.CancelCauseFunc, name
 	}
 }
 
-// pump copies the upstream's tags into the session until either fails or ctx ends.
-func pump(ctx context.Context, s *origin.Stream, up upstream) (int, error) {
+// pump copies the upstream's tags into the session, the primed ones first, until
+// either fails or ctx ends.
+func pump(ctx context.Context, s *origin.Stream, up *primed) (int, error) {
 	stop := context.AfterFunc(ctx, func() { _ = up.Close() })
 	defer stop()
 	n := 0
+	for _, t := range up.first {
+		if err := s.WriteTag(t.typ, t.ts, t.body); err != nil {
+			return n, err
+		}
+		n++
+	}
+	up.first = nil
 	for {
 		typ, ts, body, err := up.next()
 		if err != nil {

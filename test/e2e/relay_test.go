@@ -211,11 +211,16 @@ func TestPullHTTPFLVTakeover(t *testing.T) {
 				}
 				return nil
 			})
+			began := time.Now()
 			v, err := StartViewer(ctx, e.url("live/relay"), ViewOptions{WantAudio: true, WantVideo: true, MaxStall: 15 * time.Second})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer v.Stop()
+			if err := v.WaitTags(within(ctx, t, 15*time.Second), "a keyframe", func(v *Viewer) bool { return v.Keyframes() >= 1 }); err != nil {
+				t.Fatal(err)
+			}
+			relayFigure(t, "pull-takeover-"+mode, "first_viewer_to_keyframe", time.Since(began).Round(time.Millisecond), "HTTP-FLV upstream; on demand: the pull start time a first viewer sees")
 			if err := v.WaitTags(within(ctx, t, 15*time.Second), "3 s of video", func(v *Viewer) bool { return v.VideoTags() >= 75 }); err != nil {
 				t.Fatal(err)
 			}
@@ -231,11 +236,12 @@ func TestPullHTTPFLVTakeover(t *testing.T) {
 			n := v.VideoTags()
 			dead.kill()
 			killed := time.Now()
-			// 6 s of video after the kill: the successor's, long enough for the viewer's rate checks.
-			if err := v.WaitTags(within(ctx, t, 25*time.Second), "6 s of video after the takeover", func(v *Viewer) bool { return v.VideoTags() >= n+150 }); err != nil {
+			// 8 s of video after the kill: the successor's, long enough for the viewer's rate
+			// checks (5 s windows, after a second of warm-up at the splice).
+			if err := v.WaitTags(within(ctx, t, 25*time.Second), "8 s of video after the takeover", func(v *Viewer) bool { return v.VideoTags() >= n+200 }); err != nil {
 				t.Fatal(err)
 			}
-			relayFigure(t, "pull-takeover-"+mode, "kill_to_6s_of_video", time.Since(killed).Round(10*time.Millisecond), "takeover time + 6 s of video")
+			relayFigure(t, "pull-takeover-"+mode, "kill_to_8s_of_video", time.Since(killed).Round(10*time.Millisecond), "takeover time + 8 s of video")
 			relayFigure(t, "pull-takeover-"+mode, "viewer_longest_stall", time.Duration(v.Report().LongestStall).Round(10*time.Millisecond),
 				fmt.Sprintf("the takeover as the viewer sees it, --ttl 1s (before the kill: %v)", stallBefore.Round(10*time.Millisecond)))
 			if got := originsPulling(ctx, t, other); len(got) != 1 {
