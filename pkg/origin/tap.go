@@ -44,14 +44,6 @@ func (o *Origin) Pull(ctx context.Context, name stream.Name) (*Stream, error) {
 		action: hook.Pull, claimOnce: true}, o.cfg.Hook)
 }
 
-// Owns reports whether a session of name is live on this origin.
-func (o *Origin) Owns(name stream.Name) bool {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	e := o.streams[name]
-	return e != nil && e.started
-}
-
 // claimOnce asks the registry once (see Pull).
 func (o *Origin) claimOnce(ctx context.Context, s *Stream) error {
 	return o.reg.ClaimStream(ctx, string(s.name), s.owner, o.cfg.TTL)
