@@ -24,6 +24,7 @@ import (
 	"github.com/flvcdn/flvcdn/pkg/health"
 	"github.com/flvcdn/flvcdn/pkg/httpflv"
 	"github.com/flvcdn/flvcdn/pkg/registry"
+	"github.com/flvcdn/flvcdn/pkg/relay"
 	"github.com/flvcdn/flvcdn/pkg/web"
 )
 
@@ -131,7 +132,9 @@ func run(c *Config, log *slog.Logger) error {
 	}
 	defer store.Close()
 
-	hub, err := edge.NewHub(ctx, c.Hub, bus.NewSubscriber(nc), store, log)
+	// Lookups of streams nobody owns ask the origins to pull them (--pull, on demand).
+	onDemand := &relay.OnDemand{EdgeRegistry: store, Request: bus.NewCluster(nc).RequestPull}
+	hub, err := edge.NewHub(ctx, c.Hub, bus.NewSubscriber(nc), onDemand, log)
 	if err != nil {
 		return err
 	}

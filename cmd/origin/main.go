@@ -46,6 +46,7 @@ type Config struct {
 	JanitorLease  string
 	JanitorSel    string
 	Hook          conf.Hook
+	Relay         RelayConfig
 }
 
 // parse reads the settings and validates them, naming the setting that is wrong.
@@ -69,6 +70,7 @@ func parse(args []string) (*Config, error) {
 	fs.StringVar(&c.JanitorLease, "janitor-lease", k8s.DefaultLeaseName, "name of the janitor's Lease")
 	fs.StringVar(&c.JanitorSel, "janitor-selector", k8s.DefaultOriginSelector, "label selector of the origin pods")
 	c.Hook.Register(fs, "publish (waits for the answer) and unpublish")
+	c.Relay.register(fs)
 	if err := conf.Parse(fs, args); err != nil {
 		return nil, err
 	}
@@ -85,6 +87,9 @@ func parse(args []string) (*Config, error) {
 		return nil, errors.New("--janitor-namespace: required with --janitor (set POD_NAMESPACE from the downward API)")
 	}
 	if _, err := c.Hook.Client(c.ID, slog.Default()); err != nil {
+		return nil, err
+	}
+	if err := c.Relay.check(); err != nil {
 		return nil, err
 	}
 	for _, a := range []struct{ name, v string }{{"--http-addr", c.HTTPAddr}, {"--rtmp-addr", c.RTMPAddr}} {
@@ -145,7 +150,16 @@ func run(c *Config, log *slog.Logger) error {
 		defer hooks.Start()()
 		log.Info("publish callbacks on", "url", hooks.URL(), "timeout", c.Hook.Timeout, "fail_open", c.Hook.FailOpen, "signed", c.Hook.Secret != "")
 	}
-	o, err := origin.New(ctx, origin.Config{ID: c.ID, Addr: c.RTMPAddr, TTL: c.TTL, PublishSecret: c.PublishSecret, MaxPublishers: c.MaxPublishers, Hook: hooks}, pub, store, log)
+	rec, err := c.Relay.recorder(c.ID, hooks, log, false)
+	if err != nil {
+		return err
+	}
+	push, err := c.Relay.pusher(ctx, log)
+	if err != nil {
+		return err
+	}
+	o, err := origin.New(ctx, origin.Config{ID: c.ID, Addr: c.RTMPAddr, TTL: c.TTL, PublishSecret: c.PublishSecret, MaxPublishers: c.MaxPublishers, Hook: hooks,
+		Taps: taps(rec, push)}, pub, store, log)
 	if err != nil {
 		return err
 	}
@@ -202,7 +216,7 @@ func run(c *Config, log *slog.Logger) error {
 		}()
 	}
 	goRun(func() error { return o.Run(ctx) })
-	goRun(func() error { return cluster.Run(ctx, cl, view, cluster.OriginReport(c.ID, o), log) })
+	goRun(func() error { return cluster.Run(ctx, cl, view, report(cluster.OriginReport(c.ID, o), push), log) })
 	srv := &rtmp.Server{Ingest: ingest{o}, Log: log, ReadTimeout: c.ReadTimeout, HandshakeTimeout: c.Handshake}
 	goRun(func() error { return srv.Serve(ctx, rtmpLn) })
 	goRun(func() error {
@@ -213,6 +227,13 @@ func run(c *Config, log *slog.Logger) error {
 	})
 	for _, src := range sources {
 		goRun(func() error { return src.Run(ctx, o) })
+	}
+	puller, err := c.Relay.puller(o, store, view, log)
+	if err != nil {
+		return err
+	}
+	if puller != nil {
+		goRun(func() error { return puller.Run(ctx, cl.HandlePulls) })
 	}
 	if c.Janitor || c.Kubeconfig != "" {
 		goRun(func() error { return runJanitor(ctx, c, store, log) })
@@ -237,6 +258,12 @@ func run(c *Config, log *slog.Logger) error {
 	_ = hs.Shutdown(shutdown)
 	wg.Wait()
 	o.Wait()
+	if rec != nil {
+		rec.Wait() // segments closed and their durations written
+	}
+	if push != nil {
+		push.Wait()
+	}
 	return err
 }
 

@@ -58,6 +58,8 @@ type Published struct {
 	// Tracks: the video tracks of a multitrack (Enhanced RTMP v2) stream.
 	Tracks      []flv.TrackInfo `json:"tracks,omitempty"`
 	BitrateKbps float64         `json:"bitrate_kbps"`
+	// Push lists where the origin forwards the stream (--push).
+	Push []Push `json:"push,omitempty"`
 }
 
 // Served is a stream as an edge reports it.
@@ -86,6 +88,8 @@ type Stream struct {
 	UptimeS       float64         `json:"uptime_s"`
 	Viewers       int             `json:"viewers"`
 	ViewersByEdge map[string]int  `json:"viewers_by_edge"`
+	// Push lists where the owning origin forwards the stream (--push), with status.
+	Push []Push `json:"push,omitempty"`
 }
 
 // View is the latest report of every node (by role and id) heard from within MaxAge.
@@ -158,7 +162,7 @@ func (v *View) Streams() []Stream {
 		for _, p := range r.Published {
 			s := &Stream{Name: p.Name, Origin: r.Node.ID, Video: p.Video, Audio: p.Audio,
 				Tracks: p.Tracks, BitrateKbps: p.BitrateKbps, UptimeS: now.Sub(p.Started).Round(time.Second).Seconds(),
-				ViewersByEdge: map[string]int{}}
+				ViewersByEdge: map[string]int{}, Push: p.Push}
 			// Two origins reporting one name (a takeover in progress): the newer session wins.
 			if old := byName[p.Name]; old == nil || old.UptimeS > s.UptimeS {
 				byName[p.Name] = s

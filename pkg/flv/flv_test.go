@@ -260,3 +260,15 @@ func TestAllocTag(t *testing.T) {
 		t.Fatal("empty tag malformed")
 	}
 }
+
+func TestReaderKnownTypesRefusesGarbageAtTheHeader(t *testing.T) {
+	in := append(FileHeader(true, true), []byte("not an FLV tag, and a long one at that")...)
+	r := NewReader(bytes.NewReader(in), 0)
+	r.KnownTypes = true
+	if err := r.ReadHeader(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.ReadTag(); !errors.Is(err, ErrTagType) {
+		t.Fatalf("ReadTag: %v, want ErrTagType", err)
+	}
+}

@@ -2,6 +2,7 @@ package flv
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 )
@@ -14,7 +15,14 @@ type Reader struct {
 	hdr     [TagHeaderSize]byte
 	// Flags is the file header's flags byte, valid after ReadHeader.
 	Flags byte
+	// KnownTypes makes ReadTag refuse, from the tag header alone, a tag that is not
+	// audio, video or script data (ErrTagType), instead of reading a body whose size
+	// came from garbage. For streams from peers that may send anything (relay).
+	KnownTypes bool
 }
+
+// ErrTagType reports a tag type other than audio, video or script (see Reader.KnownTypes).
+var ErrTagType = errors.New("flv: unknown tag type")
 
 // NewReader returns a Reader that refuses tag bodies over maxData bytes (0 = MaxDataSize).
 func NewReader(r io.Reader, maxData int) *Reader {
@@ -56,6 +64,9 @@ func (r *Reader) ReadTag() (Tag, error) {
 			return nil, fmt.Errorf("flv tag header: %w", ErrShort)
 		}
 		return nil, err
+	}
+	if typ := r.hdr[0] & 0x1f; r.KnownTypes && typ != TypeAudio && typ != TypeVideo && typ != TypeScript {
+		return nil, fmt.Errorf("flv tag type %d: %w", r.hdr[0], ErrTagType)
 	}
 	n := int(get24(r.hdr[1:4]))
 	if n > r.maxData {

@@ -39,6 +39,10 @@ const (
 	Unpublish = "unpublish"
 	Play      = "play"
 	Stop      = "stop"
+	// Pull asks (and waits) like Publish, for a stream an origin pulls from an upstream.
+	Pull = "pull"
+	// Record announces a finished recording segment (Path, DurationS, Bytes); it does not wait.
+	Record = "record"
 )
 
 // SignatureHeader carries "sha256=" + hex HMAC-SHA256(secret, body) when a secret is set.
@@ -62,6 +66,8 @@ type Event struct {
 	Session   string   `json:"session"`
 	DurationS *float64 `json:"duration_s,omitempty"`
 	Bytes     *uint64  `json:"bytes,omitempty"`
+	// Path is the file of a finished recording segment (action "record").
+	Path string `json:"path,omitempty"`
 }
 
 // Ended returns the closing event of a session that began with e: action

@@ -69,6 +69,8 @@ type Config struct {
 	// Hook, when set, is asked before each publish (after the key check: both must
 	// pass) and told of each unpublish. Nil: no callbacks.
 	Hook *hook.Client
+	// Taps, when set, gives each new session its taps (recording, push). Nil: none.
+	Taps TapFactory
 }
 
 func (c *Config) defaults() {
@@ -128,6 +130,9 @@ type PublishRequest struct {
 	ClientIP string
 	// Query is the raw query string of the publish URL (platforms pass their tokens in it).
 	Query string
+
+	action    string // the callback's action: hook.Publish unless set (Pull)
+	claimOnce bool   // ask the registry once instead of waiting ClaimWait (Pull)
 }
 
 // Publish starts a publishing session for name. key is checked when a secret is set.
@@ -177,7 +182,11 @@ func (o *Origin) publish(ctx context.Context, req PublishRequest, h *hook.Client
 	o.mu.Unlock()
 
 	session := randomID()
-	ev := hook.Event{Action: hook.Publish, App: name.App(), Stream: name.Stream(), ClientIP: req.ClientIP,
+	action := req.action
+	if action == "" {
+		action = hook.Publish
+	}
+	ev := hook.Event{Action: action, App: name.App(), Stream: name.Stream(), ClientIP: req.ClientIP,
 		Query: req.Query, Session: strconv.FormatUint(session, 16)}
 	if h != nil {
 		if d, _ := h.Call(ctx, ev); !d.Allow {
@@ -204,7 +213,11 @@ func (o *Origin) publish(ctx context.Context, req PublishRequest, h *hook.Client
 	o.mu.Lock()
 	e.s = s
 	o.mu.Unlock()
-	if err := o.claim(ctx, s); err != nil {
+	claim := o.claim
+	if req.claimOnce {
+		claim = o.claimOnce
+	}
+	if err := claim(ctx, s); err != nil {
 		o.unreserve(name, e)
 		allowedButFailed()
 		_ = out.End()
@@ -212,6 +225,9 @@ func (o *Origin) publish(ctx context.Context, req PublishRequest, h *hook.Client
 			publishRefused.WithLabelValues("taken").Inc()
 		}
 		return nil, fmt.Errorf("claim %s: %w", name, err)
+	}
+	if o.cfg.Taps != nil {
+		s.taps = o.cfg.Taps(SessionInfo{Name: name, Session: s.owner.Session})
 	}
 	o.wg.Add(1)
 	go func() {

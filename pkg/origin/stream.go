@@ -55,6 +55,7 @@ type Stream struct {
 	hook      *hook.Client                  // told of the unpublish (nil: no callback)
 	hookEv    hook.Event                    // the publish event the callback allowed
 	endOnce   sync.Once                     // the unpublish callback is told once
+	taps      []Tap                         // set before the actor starts; called by the actor only
 
 	// ---- actor state ----
 	cache cache
@@ -192,6 +193,9 @@ func (s *Stream) ingest(f bus.Frame) {
 	s.bytesIn.Add(uint64(f.Tag.DataSize()))
 	tagsIn.Inc()
 	bytesIn.Add(float64(f.Tag.DataSize()))
+	for _, t := range s.taps {
+		t.Tag(f.Tag)
+	}
 	if err := s.out.Send(f); err != nil {
 		publishErrors.Inc()
 		s.o.log.Debug("tag not published", "stream", s.name, "err", err)
@@ -224,6 +228,9 @@ func (s *Stream) drain() {
 // finish publishes what ingest queued before Close, then the end of stream (actor only).
 func (s *Stream) finish() {
 	s.drain()
+	for _, t := range s.taps {
+		t.End()
+	}
 	if err := s.out.End(); err != nil {
 		s.o.log.Warn("end of stream not published", "stream", s.name, "err", err)
 	}

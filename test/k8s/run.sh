@@ -7,7 +7,7 @@
 #   bash test/k8s/run.sh            (make test-k8s)
 #
 # Steps: helm lint; helm template | kubectl apply --dry-run=server (default
-# and external values); bad values rejected by the schema; helm install
+# external and relay values); bad values rejected by the schema; helm install
 # --wait; scale the edges to 5 and back to 2 (pods + EndpointSlices); RBAC of
 # the chart's ServiceAccount (can-i and a real 403); the janitor Go test
 # against the API server with a real Redis registry.
@@ -176,7 +176,7 @@ helm lint --strict "$CHART" >"$WORK/lint.log" 2>&1 || { cat "$WORK/lint.log"; fa
 helm lint --strict "$CHART" -f "$HERE/values-external.yaml" >>"$WORK/lint.log" 2>&1 || { cat "$WORK/lint.log"; fail "helm lint (external)"; }
 end
 
-for values in default "$HERE/values-external.yaml"; do
+for values in default "$HERE/values-external.yaml" "$HERE/values-relay.yaml"; do
 	args=()
 	[[ $values != default ]] && args=(-f "$values")
 	begin "helm template | kubectl apply --dry-run=server ($(basename "$values"))"
