@@ -113,7 +113,6 @@ func (c *PullConfig) defaults() {
 // Origin is the part of an origin a Puller drives.
 type Origin interface {
 	Pull(ctx context.Context, name stream.Name) (*origin.Stream, error)
-	Repull(ctx context.Context, old *origin.Stream) (*origin.Stream, error)
 	Draining() bool
 }
 
@@ -332,7 +331,9 @@ func (p *Puller) session(ctx context.Context, ps *pullState, waiting []func()) (
 	unwatch := watch(s)
 	defer func() {
 		unwatch()
-		s.Close(context.WithoutCancel(ctx))
+		if s != nil {
+			s.Close(context.WithoutCancel(ctx))
+		}
 		pullsActive.Dec()
 		ps.running.Store(false)
 		log.Info("pull stopped", "why", context.Cause(ctx))
@@ -340,20 +341,20 @@ func (p *Puller) session(ctx context.Context, ps *pullState, waiting []func()) (
 	log.Info("pull started", "mode", p.cfg.Mode, "since_start", time.Since(started).Round(time.Millisecond))
 	go p.watch(ctx, cancel, string(ps.Name))
 	backoff := p.cfg.MinBackoff
-	published := false
 	for {
 		if up == nil {
-			if up, err = p.prime(ctx, ps.URL); err == nil && published {
-				// The old session carried the old connection's clock and headers: a
-				// new session makes edges splice (one timeline for viewers). The
-				// claim moves to it without a gap another origin could claim in.
-				unwatch()
-				next, err := p.o.Repull(ctx, s)
-				if err != nil {
+			if up, err = p.prime(ctx, ps.URL); err == nil && s == nil {
+				// The upstream is back after its session ended: a new claim and session,
+				// as a publisher that reconnects gets, so edges still within their
+				// grace period splice onto the new connection's clock and headers.
+				next, perr := p.o.Pull(ctx, ps.Name)
+				if perr != nil {
 					_ = up.Close()
-					log.Warn("pull not resumed", "err", err)
-					cancel(err)
-					return true, nil // the deferred close ends s (a no-op when Repull did)
+					if !errors.Is(perr, registry.ErrTaken) { // taken: another origin pulls it now
+						log.Warn("pull not resumed", "err", perr)
+					}
+					cancel(perr)
+					return true, nil
 				}
 				s = next
 				unwatch = watch(s)
@@ -366,8 +367,15 @@ func (p *Puller) session(ctx context.Context, ps *pullState, waiting []func()) (
 			tags, err = pump(ctx, s, up)
 			_ = up.Close()
 			up = nil
-			if tags > 0 {
-				published = true
+			if tags > 0 && ctx.Err() == nil {
+				// The session ends with its upstream connection, as it does when an
+				// RTMP publisher disconnects: edges start their grace period now
+				// instead of waiting for their stall timer, and viewers end after
+				// --grace unless the upstream comes back. The claim is released, so
+				// another origin may take the pull over meanwhile.
+				unwatch()
+				s.Close(context.WithoutCancel(ctx))
+				s = nil
 			}
 			if time.Since(began) > p.cfg.MaxBackoff {
 				backoff = p.cfg.MinBackoff // it ran well for a while: start over
