@@ -234,9 +234,30 @@ func TestMultitrackSlowViewerSkipsToItsTrackKeyframe(t *testing.T) {
 	t.Cleanup(v.Close)
 	slow := &watcher{v: v}
 	checkTrack(t, read(t, slow, 1, 5*time.Second), 1)
+	// A second viewer (of track 0) reads everything at once: when it has the last
+	// frame's audio, the edge has pushed the whole round, and the slow viewer's first
+	// Next sees all of it (else it could be woken by the round's first tags, before it
+	// fell behind).
+	fast, err := r.hub.WatchTrack(r.ctx, name("live/mts"), 0)
+	must(t, err)
+	t.Cleanup(fast.Close)
+	pushed := func(seq byte) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		for {
+			bufs, err := fast.Next(ctx, nil)
+			must(t, err)
+			for _, b := range bufs {
+				if tg := flv.Tag(b); len(b) > 11 && tg.Type() == flv.TypeAudio && tg.Body()[len(tg.Body())-1] == seq {
+					return
+				}
+			}
+		}
+	}
 	skips := 0
 	for round := 0; round < 3; round++ {
 		frames(15) // ~3 KB pass the viewer by: over MaxLagBytes
+		pushed(byte(p.n - 1))
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		bufs, err := v.Next(ctx, nil)
 		cancel()
