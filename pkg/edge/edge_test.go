@@ -315,6 +315,39 @@ func TestSlowViewerSkipsThenIsDropped(t *testing.T) {
 	pace(10) // the fast viewer never noticed
 }
 
+// A viewer whose writer is still busy with an older batch (its socket drains
+// slowly) is judged by Behind at each wake-up: past MaxLagBytes it skips, so its
+// next batch starts at a keyframe, and past MaxSkips it is dropped, without ever
+// asking for more.
+func TestBehindSkipsAndDropsAViewerStillWriting(t *testing.T) {
+	r := newRig(t, edge.Config{MergeWindow: 5 * time.Millisecond, MaxLagBytes: 128 << 10, MaxSkips: 2, RingSize: 1024})
+	p := r.publish("live/b", 10)
+	p.frames(t, 10, 1000)
+	busy, fast := watch(t, r, "live/b"), watch(t, r, "live/b")
+	read(t, busy, 5, 5*time.Second)
+	read(t, fast, 5, 5*time.Second)
+	pace := func(frames int) {
+		for i := 0; i < frames; i += 5 {
+			p.frames(t, 5, 3000)
+			read(t, fast, 5, 5*time.Second) // also: the edge has pushed them
+		}
+	}
+	if err := busy.v.Behind(); err != nil {
+		t.Fatalf("a viewer that is not behind: %v", err)
+	}
+	var err error
+	skips := 0
+	for i := 0; i < 10 && err == nil; i++ {
+		pace(60) // ~180 KB pass the busy viewer by
+		if err = busy.v.Behind(); err == nil {
+			skips++
+		}
+	}
+	if !errors.Is(err, edge.ErrTooSlow) || skips != 2 {
+		t.Fatalf("busy viewer: %v after %d skips, want ErrTooSlow after 2", err, skips)
+	}
+}
+
 func TestPublisherReconnectKeepsViewersAndTimeline(t *testing.T) {
 	r := newRig(t, edge.Config{MergeWindow: 5 * time.Millisecond, Grace: 5 * time.Second})
 	p := r.publish("live/r", 10)

@@ -96,6 +96,24 @@ func (v *Viewer) Poll(bufs net.Buffers) (net.Buffers, error) {
 	return bufs, nil
 }
 
+// Behind applies the lag rule to a viewer whose writer still has bytes waiting and
+// so cannot take more: more than MaxLagBytes behind the head, it skips to its
+// track's newest keyframe (what it is sent next), and past MaxSkips in SkipWindow
+// it reports ErrTooSlow. Without it, a viewer whose socket drains slowly but never
+// stops would be judged only between its batches.
+func (v *Viewer) Behind() error {
+	r := v.s.ring
+	head := r.head.Load()
+	if !v.started || head == 0 || v.cursor >= head {
+		return nil
+	}
+	first, last := r.at(v.cursor), r.at(head-1)
+	if first == nil || (last != nil && last.cum-first.cum > uint64(v.s.hub.cfg.MaxLagBytes)) {
+		return v.skip(head)
+	}
+	return nil
+}
+
 // Wake returns a channel that is closed at the stream's next wake-up: when Poll
 // may have something again. Viewers of one Stream share it.
 func (v *Viewer) Wake() <-chan struct{} { return *v.s.notify.Load() }

@@ -22,9 +22,9 @@ import (
 // of its stream a shard gives each of its viewers everything queued since that
 // viewer's last write, as one HTTP chunk in one non-blocking writev. What a socket
 // does not take waits for the stream's next wake-up, and a viewer with bytes still
-// waiting gets nothing new: its cursor falls behind in the stream's ring, where the
-// edge's lag policy skips it to a keyframe or drops it. A viewer whose socket takes
-// nothing for WriteTimeout is dropped.
+// waiting gets nothing new: its cursor falls behind in the stream's ring, and at each
+// wake-up the edge's lag rule (edge.Viewer.Behind) skips it to a keyframe or drops it.
+// A viewer whose socket takes nothing for WriteTimeout is dropped.
 //
 // Why: per viewer this costs a small struct instead of a goroutine stack and the
 // scheduling of one goroutine per viewer per window (measured with make bench: RSS
@@ -182,6 +182,14 @@ func (sh *shard) run(ctx context.Context) {
 // serve writes what c has waiting and what its viewer has due; it reports whether
 // c is done (c.end says why).
 func (sh *shard) serve(c *flvConn, now time.Time) bool {
+	if len(c.pending) > 0 && c.end == nil {
+		// Still writing an older batch: the stream moves on without this viewer, and
+		// the lag rule may skip it (what it gets next) or drop it.
+		if err := c.v.Behind(); err != nil {
+			c.end = err
+			return true
+		}
+	}
 	for range maxRounds {
 		if len(c.pending) == 0 {
 			if c.end != nil {
