@@ -2,6 +2,7 @@ package httpflv
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"sync"
@@ -12,18 +13,35 @@ import (
 )
 
 // HTTP/2 (and HTTP/1.0) viewers cannot be taken over: net/http's ResponseWriter frames
-// the body (DATA frames, or a close-delimited body for HTTP/1.0). For those, a merge
-// window's tags are gathered into one buffer and handed over in one Write, then
-// flushed. Over HTTP/2 that is one data write per viewer per window: the handler's
-// Write passes the buffer to the connection's frame writer, which splits it into
-// DATA frames (at most the peer's frame size, within flow control) and copies them
-// into the connection's write buffer. So each byte is copied twice per viewer here:
-// once into the gather buffer and once by net/http into its frame buffer. Writing each
-// tag on its own instead would cost a hand-off to the connection's goroutine per tag.
+// the body (DATA frames, or a close-delimited body for HTTP/1.0). Each Write to it over
+// HTTP/2 is a hand-off to the connection's goroutine, and Write returns only once that
+// goroutine has written the data (net/http keeps the slice until then, copying it a
+// DATA frame at a time into its frame buffer and then through TLS). So a window is
+// written in few Writes (writePieces), then flushed:
 //
-// Write returns once net/http has written the data, so the gather buffer goes back to
-// a pool shared by every viewer: an idle viewer holds none. Under TLS, encryption
-// copies once more, as it does for every transport.
+//   - a tag of at least pieceSize (a video frame of any size) is written as it is, the
+//     shared slice itself: no copy of ours;
+//   - smaller tags are copied into a pooled piece of pieceSize bytes, written when full
+//     and at the end of the window.
+//
+// A viewer holds a piece only while net/http writes it, and a piece never grows. A
+// viewer whose connection is slow sits in Write holding it; with a buffer per window
+// instead (gathered whole, as this code did before) every such viewer held one as big
+// as its window, and the pool's buffers grew to the largest window (a keyframe's):
+// at 1,000 HTTP/2 viewers that was about 110 KB of heap per viewer (heap profile of
+// the bench's edge), now a piece of 16 KiB at most.
+//
+// pieceSize is the frame size browsers accept (SETTINGS_MAX_FRAME_SIZE 16 KiB, the
+// protocol's default): a full piece leaves in one DATA frame.
+
+// pieceSize is the most writePieces copies into one Write.
+const pieceSize = 16 << 10
+
+// piecePool holds the pieces small tags are copied into.
+var piecePool = sync.Pool{New: func() any { b := make([]byte, 0, pieceSize); return &b }}
+
+// The WebSocket and HTTPS/1.1 writers gather a whole window into one buffer instead,
+// because they need it in one piece (one frame; one TLS write): see ws.go and tls.go.
 
 // gatherPool holds the buffers windows are gathered into.
 var gatherPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
@@ -31,7 +49,7 @@ var gatherPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); retur
 // maxPooled keeps the pool from holding on to the occasional huge join burst.
 const maxPooled = 1 << 20
 
-// serveGathered writes the response through the ResponseWriter, one Write and one
+// serveGathered writes the response through the ResponseWriter, a few Writes and one
 // Flush per merge window. It returns the FLV bytes written.
 func (s *Server) serveGathered(r *http.Request, w http.ResponseWriter, v *edge.Viewer, name stream.Name) (written int64) {
 	if r.ProtoMajor == 2 {
@@ -62,7 +80,7 @@ func (s *Server) serveGathered(r *http.Request, w http.ResponseWriter, v *edge.V
 				until = time.Now().Add(timeout)
 				_ = rc.SetWriteDeadline(until)
 			}
-			n, werr := writeGathered(w, bufs)
+			n, werr := writePieces(w, bufs)
 			if werr == nil {
 				werr = rc.Flush()
 			}
@@ -80,16 +98,49 @@ func (s *Server) serveGathered(r *http.Request, w http.ResponseWriter, v *edge.V
 	}
 }
 
-// writeGathered copies bufs into a pooled buffer and writes it in one Write.
-func writeGathered(w http.ResponseWriter, bufs net.Buffers) (int, error) {
-	b := gather(bufs)
-	n, err := w.Write(*b)
-	// After a failed write net/http may still hold the slice (a reset HTTP/2 stream
-	// returns before its queued data is dropped): that buffer is not reused.
-	if err == nil {
-		release(b)
+// writePieces writes bufs through w in few Writes (see pieceSize) and returns the
+// bytes written.
+func writePieces(w io.Writer, bufs net.Buffers) (int, error) {
+	bp := piecePool.Get().(*[]byte)
+	piece, n := (*bp)[:0], 0
+	put := func() error {
+		k, err := w.Write(piece)
+		n += k
+		piece = piece[:0]
+		return err
 	}
-	return n, err
+	for _, t := range bufs {
+		if len(t) >= pieceSize {
+			if len(piece) > 0 {
+				if err := put(); err != nil {
+					return n, err // net/http may still hold the piece: not reused
+				}
+			}
+			k, err := w.Write(t) // shared and never written to, so net/http may keep it
+			n += k
+			if err != nil {
+				return n, err
+			}
+			continue
+		}
+		for len(t) > 0 {
+			k := copy(piece[len(piece):cap(piece)], t)
+			piece, t = piece[:len(piece)+k], t[k:]
+			if len(piece) == cap(piece) {
+				if err := put(); err != nil {
+					return n, err
+				}
+			}
+		}
+	}
+	if len(piece) > 0 {
+		if err := put(); err != nil {
+			return n, err
+		}
+	}
+	*bp = piece
+	piecePool.Put(bp)
+	return n, nil
 }
 
 // gather copies bufs into one buffer from the pool.

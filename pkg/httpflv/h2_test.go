@@ -1,0 +1,94 @@
+package httpflv
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"slices"
+	"testing"
+)
+
+// writeLog records a copy of every Write it is given and where its bytes were, and
+// fails the failAt-th Write (from 1) if set.
+type writeLog struct {
+	writes [][]byte
+	at     []*byte
+	failAt int
+}
+
+func (w *writeLog) Write(p []byte) (int, error) {
+	w.writes = append(w.writes, bytes.Clone(p))
+	w.at = append(w.at, &p[0])
+	if len(w.writes) == w.failAt {
+		return 0, errors.New("peer gone")
+	}
+	return len(p), nil
+}
+
+func filled(n int, b byte) []byte { return bytes.Repeat([]byte{b}, n) }
+
+// TestWritePiecesShape checks how a window reaches net/http: the bytes in order, small
+// tags copied into pieces of at most pieceSize, tags of pieceSize or more handed over
+// as they are (the shared slice itself, no copy).
+func TestWritePiecesShape(t *testing.T) {
+	big := filled(3*pieceSize+5, 'V')
+	exact := filled(pieceSize, 'K')
+	cases := []struct {
+		name string
+		bufs net.Buffers
+		// sizes of the Writes expected, and which of them are a tag's own slice
+		sizes []int
+		own   map[int][]byte
+	}{
+		{"small tags share one piece", net.Buffers{filled(400, 'a'), filled(9000, 'v'), filled(400, 'a')}, []int{9800}, nil},
+		{"a piece fills and the rest follows", net.Buffers{filled(10000, 'v'), filled(10000, 'w'), filled(300, 'a')}, []int{pieceSize, 20300 - pieceSize}, nil},
+		{"a big tag is written as it is", net.Buffers{filled(400, 'a'), big, filled(400, 'b')}, []int{400, len(big), 400}, map[int][]byte{1: big}},
+		{"a tag of exactly pieceSize too", net.Buffers{exact}, []int{pieceSize}, map[int][]byte{0: exact}},
+		{"many small tags", func() net.Buffers {
+			var b net.Buffers
+			for i := range 100 {
+				b = append(b, filled(1000, byte(i)))
+			}
+			return b
+		}(), []int{pieceSize, pieceSize, pieceSize, pieceSize, pieceSize, pieceSize, 100000 - 6*pieceSize}, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			w := &writeLog{}
+			want := bytes.Join(c.bufs, nil)
+			n, err := writePieces(w, c.bufs)
+			if err != nil || n != len(want) {
+				t.Fatalf("writePieces = %d, %v; want %d, nil", n, err, len(want))
+			}
+			if got := bytes.Join(w.writes, nil); !bytes.Equal(got, want) {
+				t.Fatal("the bytes written differ from the window")
+			}
+			var sizes []int
+			for _, p := range w.writes {
+				sizes = append(sizes, len(p))
+			}
+			if !slices.Equal(sizes, c.sizes) {
+				t.Fatalf("Write sizes %v, want %v", sizes, c.sizes)
+			}
+			for i, p := range w.writes {
+				own, isOwn := c.own[i]
+				if isOwn && w.at[i] != &own[0] {
+					t.Errorf("write %d: a copy of the big tag, want the tag's own slice", i)
+				}
+				if !isOwn && len(p) > pieceSize {
+					t.Errorf("write %d: %d bytes copied, more than a piece", i, len(p))
+				}
+			}
+		})
+	}
+}
+
+// TestWritePiecesStopsAtError checks that a failed Write ends the window and counts
+// only what was written.
+func TestWritePiecesStopsAtError(t *testing.T) {
+	w := &writeLog{failAt: 2}
+	n, err := writePieces(w, net.Buffers{filled(pieceSize, 'a'), filled(pieceSize, 'b'), filled(pieceSize, 'c')})
+	if err == nil || n != pieceSize || len(w.writes) != 2 {
+		t.Fatalf("writePieces = %d, %v after %d writes; want %d, an error, 2 writes", n, err, len(w.writes), pieceSize)
+	}
+}
