@@ -92,3 +92,35 @@ func TestWritePiecesStopsAtError(t *testing.T) {
 		t.Fatalf("writePieces = %d, %v after %d writes; want %d, an error, 2 writes", n, err, len(w.writes), pieceSize)
 	}
 }
+
+// TestGatherTakesItsSizeClass checks that a window is gathered whole, into a buffer
+// of the smallest size class that holds it, so that it never grows while copying.
+func TestGatherTakesItsSizeClass(t *testing.T) {
+	for _, c := range []struct {
+		tags    []int
+		wantCap int
+	}{
+		{[]int{400}, 16 << 10},
+		{[]int{400, 9000, 400, 8000}, 32 << 10},
+		{[]int{16 << 10}, 16 << 10},
+		{[]int{16<<10 + 1}, 32 << 10},
+		{[]int{150 << 10, 400}, 256 << 10},
+		{[]int{1 << 20}, 1 << 20},
+		{[]int{1 << 20, 1}, 1<<20 + 1}, // past the largest class: its own size
+	} {
+		var bufs net.Buffers
+		for i, n := range c.tags {
+			bufs = append(bufs, filled(n, byte('a'+i)))
+		}
+		for range 2 { // once from an empty pool, once maybe from a released buffer
+			b := gather(bufs)
+			if !bytes.Equal(*b, bytes.Join(bufs, nil)) {
+				t.Fatalf("%v: gathered bytes differ", c.tags)
+			}
+			if cap(*b) != c.wantCap {
+				t.Errorf("%v: buffer of %d bytes, want %d", c.tags, cap(*b), c.wantCap)
+			}
+			release(b)
+		}
+	}
+}
