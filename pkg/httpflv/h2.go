@@ -19,23 +19,30 @@ import (
 // DATA frame at a time into its frame buffer and then through TLS). So a window is
 // written in few Writes (writePieces), then flushed:
 //
-//   - a tag of at least pieceSize (a video frame of any size) is written as it is, the
-//     shared slice itself: no copy of ours;
-//   - smaller tags are copied into a pooled piece of pieceSize bytes, written when full
-//     and at the end of the window.
+//   - a window of one tag is written as it is, the shared slice itself;
+//   - a window of at most wholeWindow bytes (most windows: 2.5 Mbit/s in 60 ms is
+//     about 19 KB on average) is copied into one pooled buffer of its size class (see gather) and
+//     written in one Write: one hand-off per window;
+//   - a bigger window (a keyframe's, a join burst) is written in parts: each tag of at least
+//     pieceSize as it is, no copy of ours; smaller tags copied into a pooled piece of
+//     pieceSize bytes, written when full and at the end of the window.
 //
-// A viewer holds a piece only while net/http writes it, and a piece never grows. A
-// viewer whose connection is slow sits in Write holding it; with a buffer per window
-// instead (gathered whole, as this code did before) every such viewer held one as big
-// as its window, and the pool's buffers grew to the largest window (a keyframe's):
-// at 1,000 HTTP/2 viewers that was about 110 KB of heap per viewer (heap profile of
-// the bench's edge), now a piece of 16 KiB at most.
+// A viewer holds at most a buffer of wholeWindow bytes, only while net/http writes it,
+// and buffers never grow. A viewer whose connection is slow sits in Write holding it.
+// With every window gathered whole into 64 KiB buffers that grew to fit, as this code
+// did before, each such viewer held one as big as its window and the pool's buffers
+// grew to the largest window (a keyframe's): at 1,000 HTTP/2 viewers that was about
+// 110 KB of heap per viewer (heap profile of the bench's edge).
 //
 // pieceSize is the frame size browsers accept (SETTINGS_MAX_FRAME_SIZE 16 KiB, the
 // protocol's default): a full piece leaves in one DATA frame.
 
-// pieceSize is the most writePieces copies into one Write.
-const pieceSize = 16 << 10
+// pieceSize is the most writePieces copies into one Write of a bigger window, and
+// wholeWindow the biggest window it gathers whole.
+const (
+	pieceSize   = 16 << 10
+	wholeWindow = 2 * pieceSize
+)
 
 // piecePool holds the pieces small tags are copied into.
 var piecePool = sync.Pool{New: func() any { b := make([]byte, 0, pieceSize); return &b }}
@@ -120,6 +127,21 @@ func (s *Server) serveGathered(r *http.Request, w http.ResponseWriter, v *edge.V
 // writePieces writes bufs through w in few Writes (see pieceSize) and returns the
 // bytes written.
 func writePieces(w io.Writer, bufs net.Buffers) (int, error) {
+	if len(bufs) == 1 {
+		return w.Write(bufs[0]) // shared and never written to, so net/http may keep it
+	}
+	size := 0
+	for _, t := range bufs {
+		size += len(t)
+	}
+	if size <= wholeWindow {
+		b := gather(bufs)
+		n, err := w.Write(*b)
+		if err == nil { // else net/http may still hold it: not reused
+			release(b)
+		}
+		return n, err
+	}
 	bp := piecePool.Get().(*[]byte)
 	piece, n := (*bp)[:0], 0
 	put := func() error {
