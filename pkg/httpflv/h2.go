@@ -21,11 +21,17 @@ import (
 //
 //   - a window of one tag is written as it is, the shared slice itself;
 //   - a window of at most wholeWindow bytes (most windows: 2.5 Mbit/s in 60 ms is
-//     about 19 KB on average) is copied into one pooled buffer of its size class (see gather) and
-//     written in one Write: one hand-off per window;
-//   - a bigger window (a keyframe's, a join burst) is written in parts: each tag of at least
-//     pieceSize as it is, no copy of ours; smaller tags copied into a pooled piece of
-//     pieceSize bytes, written when full and at the end of the window.
+//     about 19 KB on average) is copied into one pooled buffer of its size class (see
+//     gather);
+//   - a bigger window (a keyframe's, a join burst) is written in parts: each tag of at
+//     least pieceSize as it is, no copy of ours; smaller tags copied into a pooled
+//     piece of pieceSize bytes, written when full and at the end of the window.
+//
+// Every Write carries at most pieceSize bytes (writeFrames): net/http makes a DATA
+// frame of each (frames may be as big as the client allows, 16 KiB or more), and with
+// its 9-byte header such a frame is exactly one TLS record of 16 KiB. A Write of more
+// is cut into 16 KiB frames by net/http, each of which crypto/tls writes as two
+// records, the second of 9 bytes, and two write(2).
 //
 // A viewer holds at most a buffer of wholeWindow bytes, only while net/http writes it,
 // and buffers never grow. A viewer whose connection is slow sits in Write holding it.
@@ -33,15 +39,12 @@ import (
 // did before, each such viewer held one as big as its window and the pool's buffers
 // grew to the largest window (a keyframe's): at 1,000 HTTP/2 viewers that was about
 // 110 KB of heap per viewer (heap profile of the bench's edge).
-//
-// pieceSize is the frame size browsers accept (SETTINGS_MAX_FRAME_SIZE 16 KiB, the
-// protocol's default): a full piece leaves in one DATA frame.
 
-// pieceSize is the most writePieces copies into one Write of a bigger window, and
-// wholeWindow the biggest window it gathers whole.
+// pieceSize is the most one Write carries (a DATA frame that fills a TLS record), and
+// wholeWindow the biggest window writePieces gathers whole.
 const (
-	pieceSize   = 16 << 10
-	wholeWindow = 2 * pieceSize
+	pieceSize   = 16<<10 - 9
+	wholeWindow = 32 << 10
 )
 
 // piecePool holds the pieces small tags are copied into.
@@ -128,7 +131,7 @@ func (s *Server) serveGathered(r *http.Request, w http.ResponseWriter, v *edge.V
 // bytes written.
 func writePieces(w io.Writer, bufs net.Buffers) (int, error) {
 	if len(bufs) == 1 {
-		return w.Write(bufs[0]) // shared and never written to, so net/http may keep it
+		return writeFrames(w, bufs[0]) // shared and never written to, so net/http may keep it
 	}
 	size := 0
 	for _, t := range bufs {
@@ -136,7 +139,7 @@ func writePieces(w io.Writer, bufs net.Buffers) (int, error) {
 	}
 	if size <= wholeWindow {
 		b := gather(bufs)
-		n, err := w.Write(*b)
+		n, err := writeFrames(w, *b)
 		if err == nil { // else net/http may still hold it: not reused
 			release(b)
 		}
@@ -157,7 +160,7 @@ func writePieces(w io.Writer, bufs net.Buffers) (int, error) {
 					return n, err // net/http may still hold the piece: not reused
 				}
 			}
-			k, err := w.Write(t) // shared and never written to, so net/http may keep it
+			k, err := writeFrames(w, t) // shared and never written to, so net/http may keep it
 			n += k
 			if err != nil {
 				return n, err
@@ -181,6 +184,20 @@ func writePieces(w io.Writer, bufs net.Buffers) (int, error) {
 	}
 	*bp = piece
 	piecePool.Put(bp)
+	return n, nil
+}
+
+// writeFrames writes b in Writes of at most pieceSize bytes.
+func writeFrames(w io.Writer, b []byte) (int, error) {
+	n := 0
+	for len(b) > 0 {
+		k, err := w.Write(b[:min(len(b), pieceSize)])
+		n += k
+		if err != nil {
+			return n, err
+		}
+		b = b[k:]
+	}
 	return n, nil
 }
 
