@@ -6,7 +6,7 @@ package main
 //
 //	http/1.1   edge: taken-over connection, one writev per window   floor: `bench floor`
 //	https/1.1  edge: the same over TLS, window gathered, one Write  floor: floor-transport https1
-//	h2         edge: HTTP/2 over TLS, window gathered, one Write    floor: floor-transport h2
+//	h2         edge: HTTP/2 over TLS, a Write per frame (h2.go)     floor: floor-transport h2
 //	ws         edge: WebSocket-FLV (no TLS), one message per window floor: floor-transport ws
 //	h2-mux     edge: as h2, muxStreams streams per connection       floor: floor-transport h2
 //
