@@ -6,11 +6,14 @@ package main
 //
 //	http/1.1   edge: taken-over connection, one writev per window   floor: `bench floor`
 //	https/1.1  edge: the same over TLS, window gathered, one Write  floor: floor-transport https1
-//	h2         edge: HTTP/2 over TLS, window gathered, one Write    floor: floor-transport h2
+//	h2         edge: HTTP/2 over TLS, a Write per frame (h2.go)     floor: floor-transport h2
 //	ws         edge: WebSocket-FLV (no TLS), one message per window floor: floor-transport ws
+//	h2-mux     edge: as h2, muxStreams streams per connection       floor: floor-transport h2
 //
 // Every viewer is its own client connection (1,000 viewers are 1,000 people, not one
-// browser), all in this process, reading and discarding through pkg/probe's transports
+// browser), except in h2-mux: there viewers come muxStreams to an HTTP/2 connection, as
+// walls of streams in browser tabs do, so that the connection's own costs are shared.
+// All are in this process, reading and discarding through pkg/probe's transports
 // (the HTTP client and the WebSocket client flvprobe uses). All edges are started
 // first and their rings filled together, so stream memory does not count as viewer
 // memory; then each transport runs in turn on its own edge, then its floor.
@@ -21,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -34,7 +38,10 @@ import (
 	"github.com/flvcdn/flvcdn/test/harness"
 )
 
-var allTransports = []string{"http/1.1", "https/1.1", "h2", "ws"}
+var allTransports = []string{"http/1.1", "https/1.1", "h2", "ws", "h2-mux"}
+
+// muxStreams is how many h2-mux viewers share one HTTP/2 connection.
+const muxStreams = 10
 
 func parseTransports(s string) ([]string, error) {
 	var out []string
@@ -158,8 +165,63 @@ func openerFor(name, addr, https string, cert *harness.Cert) opener {
 		return func(ctx context.Context) (io.ReadCloser, error) {
 			return probe.WebSocket{}.Open(ctx, "ws://"+addr+mainPath, probe.New(probe.Options{}, time.Now()))
 		}
+	case "h2-mux":
+		return muxOpener(tlsConf, https)
 	}
 	return nil
+}
+
+// muxOpener opens h2-mux viewers: the k-th opened is stream k%muxStreams of
+// connection k/muxStreams, each connection a Transport of its own. A connection's
+// first viewer opens alone and the others wait for it, so that the Transport does
+// not dial one connection per request that starts before HTTP/2 is negotiated; each
+// Transport counts its dials and a second one fails the viewer, so the row cannot
+// quietly measure more connections than it says.
+func muxOpener(tlsConf *tls.Config, https string) opener {
+	type conn struct {
+		client *http.Client
+		first  chan struct{} // closed once the first viewer has its response
+		dials  atomic.Int32
+	}
+	var (
+		mu    sync.Mutex
+		conns []*conn
+		next  int
+	)
+	return func(ctx context.Context) (io.ReadCloser, error) {
+		mu.Lock()
+		k := next
+		next++
+		if k%muxStreams == 0 {
+			c := &conn{first: make(chan struct{})}
+			tr := &http.Transport{TLSClientConfig: tlsConf, DisableCompression: true, Protocols: new(http.Protocols),
+				HTTP2: &http.HTTP2Config{MaxReadFrameSize: 16 << 10}}
+			tr.Protocols.SetHTTP2(true)
+			d := &net.Dialer{}
+			tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				if c.dials.Add(1) > 1 {
+					return nil, errors.New("h2-mux: a second connection was dialled")
+				}
+				return d.DialContext(ctx, network, addr)
+			}
+			c.client = &http.Client{Transport: tr}
+			conns = append(conns, c)
+		}
+		c := conns[k/muxStreams]
+		mu.Unlock()
+		if k%muxStreams != 0 {
+			select {
+			case <-c.first:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		rc, err := probe.HTTP{Client: c.client}.Open(ctx, "https://"+https+mainPath, probe.New(probe.Options{}, time.Now()))
+		if k%muxStreams == 0 {
+			close(c.first) // on failure too: the others then try (and dial) themselves
+		}
+		return rc, err
+	}
 }
 
 // streamCrowd is viewers that read through an opener and discard, counting bytes.
@@ -330,7 +392,7 @@ func (w *world) runTransport(ctx context.Context, name string, e *edgeRun, https
 func (w *world) runTransportFloor(ctx context.Context, r *transportResult, cert *harness.Cert) error {
 	args := []string{"floor", "--media", w.media.path, "--merge-window", w.cfg.mergeWindow.String(), "--fixed-window"}
 	if r.name != "http/1.1" {
-		mode := map[string]string{"https/1.1": "https1", "h2": "h2", "ws": "ws"}[r.name]
+		mode := map[string]string{"https/1.1": "https1", "h2": "h2", "ws": "ws", "h2-mux": "h2"}[r.name]
 		args = []string{"floor-transport", "--mode", mode, "--media", w.media.path, "--merge-window", w.cfg.mergeWindow.String(),
 			"--cert", cert.CertFile, "--key", cert.KeyFile}
 	}
