@@ -41,7 +41,7 @@ func printSetup(c *config, w *world, nofile uint64) {
 	if c.nats == "embedded" {
 		natsDesc = "origin --embedded-nats (max_payload 8MiB)"
 	}
-	fmt.Printf("path         go-rtmp publisher (this process) -> flvcdn-origin -> NATS: %s -> flvcdn-edge -> HTTP-FLV viewers (this process)\n", natsDesc)
+	fmt.Printf("path         RTMP publisher (test/publish/pub, this process) -> flvcdn-origin -> NATS: %s -> flvcdn-edge -> HTTP-FLV viewers (this process)\n", natsDesc)
 	fmt.Printf("registry     %s\n", map[string]string{"redis": "redis-server child", "nats-kv": "JetStream KV on the NATS server"}[c.registry])
 	fmt.Printf("steps        N=%s, merge window %s, warm-up %s, window %s, %d parsing viewers per step (one is the pilot)\n",
 		joinInts(c.viewers), c.mergeWindow, c.warmup, c.duration, c.sampleViewers)
