@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"net/url"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -12,18 +11,8 @@ import (
 	"time"
 
 	"github.com/flvcdn/flvcdn/pkg/flv"
+	"github.com/flvcdn/flvcdn/test/harness"
 )
-
-// needFFmpeg skips without ffmpeg, except in CI where it fails.
-func needFFmpeg(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("ffmpeg"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("ffmpeg not installed (required in CI): %v", err)
-		}
-		t.Skipf("ffmpeg not installed: %v", err)
-	}
-}
 
 func freePort(t *testing.T) int {
 	t.Helper()
@@ -51,7 +40,7 @@ func testMedia(t *testing.T, seconds int) string {
 // The relay's RTMP client plays from ffmpeg serving a file with -listen 1: it gets
 // the metadata, both sequence headers and media with rising timestamps.
 func TestRTMPPlayFromFFmpeg(t *testing.T) {
-	needFFmpeg(t)
+	harness.NeedTools(t, "ffmpeg")
 	media := testMedia(t, 3)
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
 	srv := exec.Command("ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-i", media,

@@ -24,6 +24,7 @@ import (
 	rtmpmsg "github.com/yutopp/go-rtmp/message"
 
 	"github.com/flvcdn/flvcdn/pkg/flv"
+	"github.com/flvcdn/flvcdn/test/harness"
 )
 
 // ---------------------------------------------------------------------------------------
@@ -1371,15 +1372,13 @@ func cnPublishServer(t *testing.T, ffmpeg, in, tsOffset string) []flv.Tag {
 }
 
 func TestChunkNormalizerFFmpegPublish(t *testing.T) {
+	harness.NeedTools(t, "ffmpeg")
+	if testing.Short() {
+		harness.Skip(t, "publishes for several seconds in real time; skipped in -short mode")
+	}
 	ffmpeg, err := exec.LookPath("ffmpeg")
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("ffmpeg not found and CI=true")
-		}
-		t.Skip("ffmpeg not installed")
-	}
-	if testing.Short() {
-		t.Skip("publishes for several seconds in real time")
+		t.Fatal(err)
 	}
 	dir := t.TempDir()
 	in := filepath.Join(dir, "in.flv")

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"github.com/flvcdn/flvcdn/test/harness"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +10,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/flvcdn/flvcdn/test/harness"
 )
 
 // chromium returns the browser to drive: /usr/bin/chromium (Debian's package), else
@@ -21,7 +22,7 @@ func chromium(t testing.TB) string {
 	if _, err := os.Stat(path); err != nil {
 		path = "chromium"
 	}
-	needTools(t, path)
+	harness.NeedTools(t, path)
 	p, _ := exec.LookPath(path)
 	return p
 }

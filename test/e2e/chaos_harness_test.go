@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/flvcdn/flvcdn/pkg/probe"
+	"github.com/flvcdn/flvcdn/test/harness"
 )
 
 // chaosScenario is scenario() for the chaos suite: FLVCDN_E2E_CHAOS=0 skips it (it
@@ -42,7 +43,7 @@ import (
 func chaosScenario(t *testing.T, limit time.Duration, tools ...string) context.Context {
 	t.Helper()
 	if os.Getenv("FLVCDN_E2E_CHAOS") == "0" {
-		t.Skip("chaos scenario; FLVCDN_E2E_CHAOS=0")
+		harness.Skip(t, "chaos scenario; FLVCDN_E2E_CHAOS=0")
 	}
 	return scenario(t, limit, tools...)
 }
@@ -331,7 +332,7 @@ func makeClip(t testing.TB, name string, args ...string) string {
 // runFFmpeg runs ffmpeg to completion (at most 90 s).
 func runFFmpeg(t testing.TB, args []string) {
 	t.Helper()
-	needTools(t, "ffmpeg")
+	harness.NeedTools(t, "ffmpeg")
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	if b, err := exec.CommandContext(ctx, "ffmpeg", args...).CombinedOutput(); err != nil {

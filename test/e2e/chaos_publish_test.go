@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/flvcdn/flvcdn/pkg/probe"
+	"github.com/flvcdn/flvcdn/test/harness"
 )
 
 // makeHugeKeyframe makes a 2 s clip whose first frame is a lossless (-qp 0) picture of
@@ -20,7 +21,7 @@ import (
 // and are a few bytes each. It returns the file and the keyframe's tag body.
 func makeHugeKeyframe(t testing.TB) (string, []byte) {
 	t.Helper()
-	needTools(t, "ffmpeg")
+	harness.NeedTools(t, "ffmpeg")
 	noise := filepath.Join(t.TempDir(), "noise.png")
 	makeClipTo(t, noise, "-f", "lavfi", "-i", "nullsrc=s=1600x1360:d=1,geq=lum='random(1)*255':cb=128:cr=128", "-frames:v", "1")
 	file := makeClip(t, "huge-keyframe.flv",

@@ -17,6 +17,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/flvcdn/flvcdn/test/harness"
 	"github.com/flvcdn/flvcdn/test/publish/pub"
 )
 
@@ -24,7 +25,7 @@ import (
 // Everything is a few seconds at low resolution and bitrate: the publisher loops it.
 func esMedia(t testing.TB, dir, name string, args ...string) string {
 	t.Helper()
-	needTools(t, "ffmpeg")
+	harness.NeedTools(t, "ffmpeg")
 	out := filepath.Join(dir, name)
 	args = append(append([]string{"-hide_banner", "-loglevel", "error", "-nostdin", "-y"}, args...), out)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/flvcdn/flvcdn/test/harness"
 	"io"
 	"net"
 	"net/http"
@@ -22,6 +21,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flvcdn/flvcdn/test/harness"
 )
 
 var (
@@ -67,28 +68,14 @@ func needBinaries(t testing.TB) {
 	}
 }
 
-// needTools skips the test when an external tool is missing, except in CI (CI=true),
-// where a missing tool is a broken machine and fails the test.
-func needTools(t testing.TB, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s not installed (required in CI): %v", tool, err)
-			}
-			t.Skipf("%s not installed: %v", tool, err)
-		}
-	}
-}
-
 // scenario is the common start of every end-to-end test: it skips in -short mode,
 // checks tools and binaries, and returns a context bounded by limit and the test deadline.
 func scenario(t *testing.T, limit time.Duration, tools ...string) context.Context {
 	t.Helper()
 	if testing.Short() {
-		t.Skip("end-to-end scenario; skipped in -short mode")
+		harness.Skip(t, "end-to-end scenario; skipped in -short mode")
 	}
-	needTools(t, append([]string{"nats-server", "redis-server"}, tools...)...)
+	harness.NeedTools(t, append([]string{"nats-server", "redis-server"}, tools...)...)
 	needBinaries(t)
 	if d, ok := t.Deadline(); ok && time.Until(d)-5*time.Second < limit {
 		limit = time.Until(d) - 5*time.Second
@@ -504,9 +491,9 @@ func lastLines(s string, n int) string {
 // The harness's own servers start, answer and stop.
 func TestHarnessServers(t *testing.T) {
 	if testing.Short() {
-		t.Skip("starts servers")
+		harness.Skip(t, "starts servers; skipped in -short mode")
 	}
-	needTools(t, "nats-server", "redis-server")
+	harness.NeedTools(t, "nats-server", "redis-server")
 	ctx := within(context.Background(), t, 20*time.Second)
 	n, r := startNATS(ctx, t), startRedis(ctx, t)
 	if !strings.HasPrefix(n, "nats://127.0.0.1:") || !strings.HasPrefix(r, "redis://127.0.0.1:") || !strings.HasSuffix(r, "/0") {

@@ -19,6 +19,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/flvcdn/flvcdn/test/harness"
 )
 
 // mediaKind names a test file: which tracks it has.
@@ -34,7 +36,7 @@ const (
 // 25 fps with a keyframe every 25 frames (one per second) and/or a 440 Hz sine as AAC.
 func makeMedia(t testing.TB, kind mediaKind) string {
 	t.Helper()
-	needTools(t, "ffmpeg")
+	harness.NeedTools(t, "ffmpeg")
 	video := []string{"-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"}
 	audio := []string{"-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"}
 	venc := []string{"-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-g", "25", "-keyint_min", "25", "-sc_threshold", "0"}
@@ -79,7 +81,7 @@ type publisher struct {
 // Extra output options go before the URL. The process is stopped at cleanup.
 func publish(t testing.TB, name, file, url string, extra ...string) *publisher {
 	t.Helper()
-	needTools(t, "ffmpeg")
+	harness.NeedTools(t, "ffmpeg")
 	args := []string{"-hide_banner", "-loglevel", "warning", "-nostdin",
 		"-progress", "pipe:1", "-stats_period", "0.2",
 		"-re", "-stream_loop", "-1", "-i", file, "-c", "copy"}
@@ -210,7 +212,7 @@ func (o *origin) expectRefusals(ctx context.Context, t testing.TB, before map[st
 // ffprobeCodecs runs ffprobe on url and returns the codec names of the streams it finds.
 func ffprobeCodecs(ctx context.Context, t testing.TB, url string) []string {
 	t.Helper()
-	needTools(t, "ffprobe")
+	harness.NeedTools(t, "ffprobe")
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ffprobe", "-v", "error", "-show_streams", "-of", "json", url)

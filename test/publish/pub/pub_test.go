@@ -5,25 +5,20 @@ import (
 	"context"
 	"errors"
 	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/flvcdn/flvcdn/pkg/flv"
+	"github.com/flvcdn/flvcdn/test/harness"
 )
 
 // encode makes a one-second test file with ffmpeg (a missing ffmpeg skips, and
 // fails under CI=true).
 func encode(t *testing.T, name string, args ...string) string {
 	t.Helper()
-	if _, err := exec.LookPath("ffmpeg"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("ffmpeg not installed (required in CI): %v", err)
-		}
-		t.Skipf("ffmpeg not installed: %v", err)
-	}
+	harness.NeedTools(t, "ffmpeg")
 	out := filepath.Join(t.TempDir(), name)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
