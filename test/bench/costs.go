@@ -125,14 +125,7 @@ func runCosts(ctx context.Context, main *world) (*costs, error) {
 		for _, p := range pubs {
 			p.late.Store(0)
 		}
-		m, err := startCPU(w.originP.PID(), w.natsP.PID(), os.Getpid())
-		if err != nil {
-			return nil, err
-		}
-		if err := sleep(ctx, cfg.costDuration); err != nil {
-			return nil, err
-		}
-		used, wall, busy, err := m.stop()
+		used, wall, busy, err := cpuFor(ctx, w.cfg.costDuration, w.originP.PID(), w.natsP.PID(), os.Getpid())
 		if err != nil {
 			return nil, err
 		}
@@ -273,14 +266,7 @@ func (w *world) idleCost(ctx context.Context, n int) (*idleRow, error) {
 	if err := sleep(ctx, w.cfg.costSettle); err != nil {
 		return nil, err
 	}
-	m, err := startCPU(e.p.PID())
-	if err != nil {
-		return nil, err
-	}
-	if err := sleep(ctx, w.cfg.costDuration); err != nil {
-		return nil, err
-	}
-	used, wall, busy, err := m.stop()
+	used, wall, busy, err := cpuFor(ctx, w.cfg.costDuration, e.p.PID())
 	if err != nil {
 		return nil, err
 	}
@@ -316,14 +302,7 @@ func (w *world) spread(ctx context.Context, k, per int) (*spreadRow, error) {
 	if err := sleep(ctx, w.cfg.warmup); err != nil {
 		return nil, err
 	}
-	m, err := startCPU(e.p.PID())
-	if err != nil {
-		return nil, err
-	}
-	if err := sleep(ctx, w.cfg.costDuration); err != nil {
-		return nil, err
-	}
-	used, wall, busy, err := m.stop()
+	used, wall, busy, err := cpuFor(ctx, w.cfg.costDuration, e.p.PID())
 	if err != nil {
 		return nil, err
 	}
@@ -380,14 +359,7 @@ func (w *world) fanout(ctx context.Context) ([]fanoutRow, error) {
 		if err != nil {
 			return nil, err
 		}
-		m, err := startCPU(pids...)
-		if err != nil {
-			return nil, err
-		}
-		if err := sleep(ctx, w.cfg.costDuration); err != nil {
-			return nil, err
-		}
-		used, wall, busy, err := m.stop()
+		used, wall, busy, err := cpuFor(ctx, w.cfg.costDuration, pids...)
 		if err != nil {
 			return nil, err
 		}
@@ -504,4 +476,16 @@ func (t *table) done() {
 		}
 		fmt.Println(strings.Join(cells, "  "))
 	}
+}
+
+// cpuFor meters the CPU of pids over one window of d.
+func cpuFor(ctx context.Context, d time.Duration, pids ...int) (used []time.Duration, wall time.Duration, busy float64, err error) {
+	m, err := startCPU(pids...)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	if err := sleep(ctx, d); err != nil {
+		return nil, 0, 0, err
+	}
+	return m.stop()
 }

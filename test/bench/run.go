@@ -669,27 +669,18 @@ func (w *world) runStep(ctx context.Context, e *edgeRun, st step) (*stepResult, 
 			return nil, err
 		}
 	}
-	meter, err := w.meter("edge", e.p)
-	if err != nil {
-		return nil, err
-	}
-	bytes0 := e.crowd.bytes()
 	e.crowd.measuring.Store(true)
-	if err := sleep(ctx, w.cfg.duration); err != nil {
-		return nil, err
-	}
-	used, wall, busy, err := meter.stop()
+	m, err := w.measure(ctx, "edge", e.p, e.crowd.bytes)
+	e.crowd.measuring.Store(false)
 	if err != nil {
 		return nil, err
 	}
-	r.edgeShare = meter.share(used, wall, busy)
-	e.crowd.measuring.Store(false)
-	bytes1 := e.crowd.bytes()
+	r.edgeShare = m.share
 	if perf != nil {
 		<-perf.Exited()
 		r.perfSummary = perfSummary(ctx, r.perfData)
 	}
-	r.edgeCPU, r.window, r.hostBusy = used[0], wall, busy
+	r.edgeCPU, r.window, r.hostBusy = m.cpu, m.wall, m.busy
 	if m, err := scrape(e.url("/metrics")); err == nil {
 		r.chosen = time.Duration(m["flvcdn_edge_merge_window_seconds"] * float64(time.Second))
 	}
@@ -710,7 +701,7 @@ func (w *world) runStep(ctx context.Context, e *edgeRun, st step) (*stepResult, 
 	r.edgeDrops = m1["flvcdn_edge_viewer_drops_total"] - m0["flvcdn_edge_viewer_drops_total"]
 	r.edgeSkips = m1["flvcdn_edge_viewer_skips_total"] - m0["flvcdn_edge_viewer_skips_total"]
 	r.refused, r.early = e.crowd.failures()
-	r.bytesPerViewerSec = float64(bytes1-bytes0) / wall.Seconds() / float64(max(r.connected, 1))
+	r.bytesPerViewerSec = float64(m.bytes) / m.wall.Seconds() / float64(max(r.connected, 1))
 	if err := e.p.Running(); err != nil {
 		return nil, err
 	}
@@ -753,24 +744,15 @@ func (w *world) runFloor(ctx context.Context, st step, r *stepResult) error {
 	if err := sleep(ctx, w.cfg.warmup); err != nil {
 		return err
 	}
-	meter, err := w.meter("floor", p)
+	m, err := w.measure(ctx, "floor", p, cr.bytes)
 	if err != nil {
 		return err
 	}
-	bytes0 := cr.bytes()
-	if err := sleep(ctx, w.cfg.duration); err != nil {
-		return err
-	}
-	used, wall, busy, err := meter.stop()
-	if err != nil {
-		return err
-	}
-	bytes1 := cr.bytes()
 	r.floorRef, r.floorEarly = cr.failures()
 	nRef, _ := summarize(r.floorRef)
 	r.floorN = st.n - nRef
-	r.floorCPU, r.floorWall, r.floorShr = used[0], wall, meter.share(used, wall, busy)
-	r.floorBytesPerSec = float64(bytes1-bytes0) / wall.Seconds() / float64(max(r.floorN, 1))
+	r.floorCPU, r.floorWall, r.floorShr = m.cpu, m.wall, m.share
+	r.floorBytesPerSec = float64(m.bytes) / m.wall.Seconds() / float64(max(r.floorN, 1))
 	cr.stop()
 	p.Stop(5 * time.Second)
 	for line := range strings.SplitSeq(out.String(), "\n") {
@@ -823,6 +805,34 @@ func (w *world) meter(name string, p *proc) (*cpuMeter, error) {
 	}
 	m.names = names
 	return m, nil
+}
+
+// measured is one measurement window: the CPU that p (first), the bench and the
+// backends used, the host's busy share, and the bytes p's viewers read.
+type measured struct {
+	cpu   time.Duration // p's
+	wall  time.Duration
+	busy  float64
+	share cpuShare
+	bytes int64
+}
+
+// measure meters p (named name) and reads bytes before and after one window of
+// w.cfg.duration.
+func (w *world) measure(ctx context.Context, name string, p *proc, bytes func() int64) (measured, error) {
+	meter, err := w.meter(name, p)
+	if err != nil {
+		return measured{}, err
+	}
+	b0 := bytes()
+	if err := sleep(ctx, w.cfg.duration); err != nil {
+		return measured{}, err
+	}
+	used, wall, busy, err := meter.stop()
+	if err != nil {
+		return measured{}, err
+	}
+	return measured{cpu: used[0], wall: wall, busy: busy, share: meter.share(used, wall, busy), bytes: bytes() - b0}, nil
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

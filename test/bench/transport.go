@@ -356,20 +356,12 @@ func (w *world) runTransport(ctx context.Context, name string, e *edgeRun, https
 	if err := sleep(ctx, w.cfg.warmup); err != nil {
 		return nil, err
 	}
-	meter, err := w.meter("edge", e.p)
+	m, err := w.measure(ctx, "edge", e.p, cr.bytes)
 	if err != nil {
 		return nil, err
 	}
-	b0 := cr.bytes()
-	if err := sleep(ctx, w.cfg.duration); err != nil {
-		return nil, err
-	}
-	used, wall, busy, err := meter.stop()
-	if err != nil {
-		return nil, err
-	}
-	r.edgeCPU, r.edgeWall, r.edgeShare = used[0], wall, meter.share(used, wall, busy)
-	r.bytesPerSec = float64(cr.bytes()-b0) / wall.Seconds() / float64(max(r.connected-1, 1))
+	r.edgeCPU, r.edgeWall, r.edgeShare = m.cpu, m.wall, m.share
+	r.bytesPerSec = float64(m.bytes) / m.wall.Seconds() / float64(max(r.connected-1, 1))
 	loaded, _, err := e.settledMemory(ctx)
 	if err != nil {
 		return nil, err
@@ -424,15 +416,7 @@ func (w *world) runTransportFloor(ctx context.Context, r *transportResult, cert 
 	if err := sleep(ctx, w.cfg.warmup); err != nil {
 		return err
 	}
-	meter, err := w.meter("floor", p)
-	if err != nil {
-		return err
-	}
-	b0 := cr.bytes()
-	if err := sleep(ctx, w.cfg.duration); err != nil {
-		return err
-	}
-	used, wall, busy, err := meter.stop()
+	m, err := w.measure(ctx, "floor", p, cr.bytes)
 	if err != nil {
 		return err
 	}
@@ -443,8 +427,8 @@ func (w *world) runTransportFloor(ctx context.Context, r *transportResult, cert 
 	r.floorRef, r.floorEarly = cr.failures()
 	nRef, _ := summarize(r.floorRef)
 	r.floorN = r.n - nRef
-	r.floorCPU, r.floorWall, r.floorShr = used[0], wall, meter.share(used, wall, busy)
-	r.floorBytesPerSec = float64(cr.bytes()-b0) / wall.Seconds() / float64(max(r.floorN, 1))
+	r.floorCPU, r.floorWall, r.floorShr = m.cpu, m.wall, m.share
+	r.floorBytesPerSec = float64(m.bytes) / m.wall.Seconds() / float64(max(r.floorN, 1))
 	r.floorRSS = float64(rss1-rss0) / float64(max(r.floorN, 1))
 	cr.stop()
 	p.Stop(5 * time.Second)
