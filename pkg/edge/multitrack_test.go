@@ -234,10 +234,12 @@ func TestMultitrackSlowViewerSkipsToItsTrackKeyframe(t *testing.T) {
 	t.Cleanup(v.Close)
 	slow := &watcher{v: v}
 	checkTrack(t, read(t, slow, 1, 5*time.Second), 1)
-	// A second viewer (of track 0) reads everything at once: when it has the last
-	// frame's audio, the edge has pushed the whole round, and the slow viewer's first
-	// Next sees all of it (else it could be woken by the round's first tags, before it
-	// fell behind).
+	// A second viewer (of track 0) reads every frame as it comes: when it has the
+	// last frame's audio, the edge has pushed the whole round, and the slow viewer's
+	// first Next sees all of it (else it could be woken by the round's first tags,
+	// before it fell behind). The frames go one at a time, each after the one
+	// before reached this viewer, so that it never falls MaxLagBytes behind itself:
+	// a skip could leave it waiting for the next keyframe, past the audio it waits for.
 	fast, err := r.hub.WatchTrack(r.ctx, name("live/mts"), 0)
 	must(t, err)
 	t.Cleanup(fast.Close)
@@ -256,8 +258,10 @@ func TestMultitrackSlowViewerSkipsToItsTrackKeyframe(t *testing.T) {
 	}
 	skips := 0
 	for round := 0; round < 3; round++ {
-		frames(15) // ~3 KB pass the viewer by: over MaxLagBytes
-		pushed(byte(p.n - 1))
+		for i := 0; i < 15; i++ { // ~3 KB pass the slow viewer by: over MaxLagBytes
+			frames(1)
+			pushed(byte(p.n - 1))
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		bufs, err := v.Next(ctx, nil)
 		cancel()
