@@ -77,6 +77,10 @@ var (
 		Name: "flvcdn_edge_bytes_out_total", Help: "FLV bytes written to viewers."})
 	playDenied = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "flvcdn_edge_play_denied_total", Help: "Playback requests refused for a missing, forged or expired signature."})
+	draining = promauto.NewGauge(prometheus.GaugeOpts{
+		Name: "flvcdn_edge_viewers_draining", Help: "HTTP/1.1 viewers whose socket did not take their last batch, written by a goroutine of their own until it does."})
+	drains = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "flvcdn_edge_drains_total", Help: "Batches an HTTP/1.1 viewer's socket did not take at once, handed to a goroutine of that viewer's own (see flvcdn_edge_viewers_draining)."})
 )
 
 // ParsePath turns "/app/stream.flv" into a stream name.

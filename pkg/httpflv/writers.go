@@ -6,9 +6,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -21,14 +23,21 @@ import (
 // stream, one per CPU ("shards"), not by one goroutine per viewer. At each wake-up
 // of its stream a shard gives each of its viewers everything queued since that
 // viewer's last write, as one HTTP chunk in one non-blocking writev. What a socket
-// does not take waits for the stream's next wake-up, and a viewer with bytes still
-// waiting gets nothing new: its cursor falls behind in the stream's ring, and at each
-// wake-up the edge's lag rule (edge.Viewer.Behind) skips it to a keyframe or drops it.
-// A viewer whose socket takes nothing for WriteTimeout is dropped.
+// does not take is handed to a drain goroutine of that viewer's own, which writes it
+// as fast as the socket takes it (waiting for writability in Go's netpoller) and
+// then gives the viewer back to its shard. Until then the viewer gets nothing new:
+// its cursor falls behind in the stream's ring, and at each wake-up the edge's lag
+// rule (edge.Viewer.Behind) skips it to a keyframe or drops it. A viewer whose
+// socket takes nothing for WriteTimeout is dropped.
 //
 // Why: per viewer this costs a small struct instead of a goroutine stack and the
 // scheduling of one goroutine per viewer per window (measured with make bench: RSS
-// and CPU per viewer; see README), and a full socket never parks a writer.
+// and CPU per viewer; see README), and a full socket never parks a shard. A viewer
+// pays for a goroutine only while its backlog is larger than its socket buffer (a
+// join burst, a multi-megabyte keyframe, a slow reader). Waiting for the stream's
+// next wake-up instead would drain a backlog one socket buffer per wake-up: a
+// 3.4 MB keyframe took about 0.4 s to reach three loopback viewers that way, an
+// audio gap a player hears (TestChaosTagLargerThanNATSMaxPayloadDeliveredIntact).
 
 // shardKey names one shard: a stream actor's viewers, split by slot.
 type shardKey struct {
@@ -45,12 +54,7 @@ type shard struct {
 	conns []*flvConn    // the shard goroutine's own
 	bufs  net.Buffers   // scratch for one viewer's batch
 	iov   []syscall.Iovec
-	retry *time.Timer // runs while a viewer has bytes waiting
 }
-
-// retryEvery is how often bytes a socket did not take are tried again when the
-// stream has no wake-up sooner (a stalled or ended stream has none).
-const retryEvery = 50 * time.Millisecond
 
 // flvConn is one hijacked viewer.
 type flvConn struct {
@@ -62,9 +66,12 @@ type flvConn struct {
 	pending net.Buffers // what the socket has not taken yet
 	chunk   int64       // FLV bytes in pending's chunk, counted once it is all written
 	line    [20]byte    // pending chunk's size line
-	stuck   time.Time   // since when the socket took nothing; zero while nothing waits
 	written int64       // FLV bytes written
 	end     error       // why the viewer ends, once known
+	// draining is set while a drain goroutine owns pending (and drainErr): the
+	// shard then touches neither. Cleared by that goroutine when it is done.
+	draining atomic.Bool
+	drainErr error
 }
 
 // maxRounds bounds how often one viewer is served in a row within one wake-up
@@ -120,9 +127,6 @@ func (s *Server) startWriter(conn net.Conn, hdr http.Header, v *edge.Viewer, nam
 
 // run serves the shard's viewers until it has none left, or ctx ends.
 func (sh *shard) run(ctx context.Context) {
-	sh.retry = time.NewTimer(time.Hour)
-	sh.retry.Stop()
-	defer sh.retry.Stop()
 	for {
 		s := sh.srv
 		s.shardMu.Lock()
@@ -138,27 +142,18 @@ func (sh *shard) run(ctx context.Context) {
 
 		// Taken before serving: a wake-up during the round is not missed.
 		wake := sh.conns[0].v.Wake()
-		now := time.Now()
 		kept := sh.conns[:0]
-		waiting := false
 		for _, c := range sh.conns {
-			if sh.serve(c, now) {
+			if sh.serve(c) {
 				sh.finish(c)
 				continue
 			}
 			kept = append(kept, c)
-			waiting = waiting || len(c.pending) > 0
 		}
 		clear(sh.conns[len(kept):])
 		sh.conns = kept
-		var retry <-chan time.Time
-		if waiting {
-			sh.retry.Reset(retryEvery)
-			retry = sh.retry.C
-		}
 		select {
 		case <-wake:
-		case <-retry:
 		case <-sh.kick:
 		case <-ctx.Done():
 			for _, c := range sh.conns {
@@ -181,15 +176,21 @@ func (sh *shard) run(ctx context.Context) {
 
 // serve writes what c has waiting and what its viewer has due; it reports whether
 // c is done (c.end says why).
-func (sh *shard) serve(c *flvConn, now time.Time) bool {
-	if len(c.pending) > 0 && c.end == nil {
+func (sh *shard) serve(c *flvConn) bool {
+	if c.draining.Load() {
 		// Still writing an older batch: the stream moves on without this viewer, and
 		// the lag rule may skip it (what it gets next) or drop it.
 		if err := c.v.Behind(); err != nil {
 			c.end = err
 			return true
 		}
+		return false
 	}
+	if c.drainErr != nil {
+		c.end, c.drainErr = c.drainErr, nil
+		return true
+	}
+	sh.account(c)
 	for range maxRounds {
 		if len(c.pending) == 0 {
 			if c.end != nil {
@@ -217,58 +218,97 @@ func (sh *shard) serve(c *flvConn, now time.Time) bool {
 				return c.end != nil
 			}
 		}
-		took, err := sh.writev(c)
-		if err != nil {
+		if _, err := writev(c, &sh.iov, false); err != nil {
 			c.end = err
 			return true
 		}
-		if len(c.pending) > 0 { // the socket is full: the rest waits for the next wake-up
-			switch {
-			case took > 0 || c.stuck.IsZero():
-				c.stuck = now
-			case now.Sub(c.stuck) > sh.srv.writeTimeout():
-				c.end = errWriteTimeout
+		if len(c.pending) > 0 { // the socket is full: the rest goes to a drain goroutine
+			if sameArray(c.pending, sh.bufs) {
+				c.pending = append(net.Buffers(nil), c.pending...) // the scratch serves the next viewer
+			}
+			c.draining.Store(true)
+			if !sh.srv.goWriter(func() { sh.drain(c) }) {
+				c.draining.Store(false)
+				c.end = errShuttingDown
 				return true
 			}
 			return false
 		}
-		c.stuck = time.Time{}
-		if c.chunk > 0 {
-			c.written += c.chunk
-			bytesOut.Add(float64(c.chunk))
-			sh.srv.written.Add(uint64(c.chunk))
-			c.chunk = 0
-		}
+		sh.account(c)
 	}
 	return false
+}
+
+// account counts a chunk once all of it is written.
+func (sh *shard) account(c *flvConn) {
+	if c.chunk > 0 && len(c.pending) == 0 {
+		c.written += c.chunk
+		bytesOut.Add(float64(c.chunk))
+		sh.srv.written.Add(uint64(c.chunk))
+		c.chunk = 0
+	}
+}
+
+// drain writes c.pending, waiting for the socket to take it, then gives c back to
+// its shard. It fails when the socket takes nothing for WriteTimeout or the
+// connection closes (the shard finishing c closes it).
+func (sh *shard) drain(c *flvConn) {
+	drains.Inc()
+	draining.Inc()
+	defer draining.Dec()
+	iov := make([]syscall.Iovec, 0, min(len(c.pending), 1024)) // one array, not append's series
+	var err error
+	for len(c.pending) > 0 && err == nil {
+		// A fresh deadline after each write that made progress.
+		if err = c.conn.SetWriteDeadline(time.Now().Add(sh.srv.writeTimeout())); err == nil {
+			_, err = writev(c, &iov, true)
+		}
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = errWriteTimeout
+	}
+	if err == nil {
+		err = c.conn.SetWriteDeadline(time.Time{})
+	}
+	c.drainErr = err
+	c.draining.Store(false)
+	select {
+	case sh.kick <- struct{}{}:
+	default:
+	}
 }
 
 var (
 	crlf            = []byte("\r\n")
 	errWriteTimeout = errors.New("write timeout")
+	errShuttingDown = errors.New("edge is shutting down")
 )
 
 // keptSlices bounds the scratch slice array a shard keeps between batches.
 const keptSlices = 64
 
-// writev writes c.pending without blocking, drops what the socket took from it
-// and returns how many bytes that was.
-func (sh *shard) writev(c *flvConn) (int, error) {
+// writev writes c.pending, drops what the socket took from it and returns how
+// many bytes that was. Unless wait is set it does not block: it returns when the
+// socket is full. With wait it returns after one write that made progress, waiting
+// for the socket (and the connection's write deadline) as long as it takes none.
+// iov is scratch.
+func writev(c *flvConn, iov *[]syscall.Iovec, wait bool) (int, error) {
 	total := 0
 	for len(c.pending) > 0 {
-		sh.iov = sh.iov[:0]
+		vs := (*iov)[:0]
 		want := 0
 		for _, b := range c.pending {
-			if len(sh.iov) == 1024 { // IOV_MAX
+			if len(vs) == 1024 { // IOV_MAX
 				break
 			}
 			if len(b) > 0 {
 				iv := syscall.Iovec{Base: &b[0]}
 				iv.SetLen(len(b))
-				sh.iov = append(sh.iov, iv)
+				vs = append(vs, iv)
 				want += len(b)
 			}
 		}
+		*iov = vs
 		if want == 0 {
 			c.pending = c.pending[:0]
 			break
@@ -276,10 +316,12 @@ func (sh *shard) writev(c *flvConn) (int, error) {
 		var n uintptr
 		var errno syscall.Errno
 		err := c.raw.Write(func(fd uintptr) bool {
-			n, _, errno = syscall.Syscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&sh.iov[0])), uintptr(len(sh.iov)))
-			return true // never wait: what the socket does not take stays pending
+			n, _, errno = syscall.Syscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&vs[0])), uintptr(len(vs)))
+			// Without wait, what the socket does not take stays pending; with it,
+			// false has the netpoller wait until the socket is writable.
+			return !wait || errno != syscall.EAGAIN
 		})
-		clear(sh.iov)
+		clear(vs)
 		switch {
 		case err != nil:
 			return total, err
@@ -294,11 +336,8 @@ func (sh *shard) writev(c *flvConn) (int, error) {
 			break
 		}
 	}
-	switch {
-	case len(c.pending) == 0:
+	if len(c.pending) == 0 {
 		c.pending = nil // the array may be the shard's scratch
-	case sameArray(c.pending, sh.bufs):
-		c.pending = append(net.Buffers(nil), c.pending...) // the scratch serves the next viewer
 	}
 	return total, nil
 }
@@ -326,14 +365,16 @@ func sameArray(a, b net.Buffers) bool {
 }
 
 // finish ends a viewer: a terminating chunk when its stream ended or the edge
-// shuts down, then the socket closes and the viewer leaves its stream.
+// shuts down (unless an older batch is still unwritten), then the socket closes
+// (which ends a drain goroutine) and the viewer leaves its stream.
 func (sh *shard) finish(c *flvConn) {
 	s := sh.srv
+	draining := c.draining.Load() // then pending is the drain goroutine's
 	switch {
 	case errors.Is(c.end, io.EOF) || errors.Is(c.end, context.Canceled):
-		if len(c.pending) == 0 {
+		if !draining && len(c.pending) == 0 {
 			c.pending = net.Buffers{[]byte("0\r\n\r\n")}
-			_, _ = sh.writev(c)
+			_, _ = writev(c, &sh.iov, false)
 		}
 	case errors.Is(c.end, edge.ErrTooSlow):
 		s.Log.Info("viewer dropped: too slow", "stream", c.name)
@@ -345,6 +386,8 @@ func (sh *shard) finish(c *flvConn) {
 	}
 	_ = c.conn.Close()
 	c.v.Close()
-	c.pending = nil
+	if !draining {
+		c.pending = nil
+	}
 	s.stopped(c.pl, c.written)
 }

@@ -6,6 +6,7 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -95,6 +96,24 @@ func TestChaosTagLargerThanNATSMaxPayloadDeliveredIntact(t *testing.T) {
 		return nil
 	})
 	kept := checkViewers(t, sc, vs)
+	// How long the tag before each live big keyframe waited for it at the viewers:
+	// a keyframe that reached the viewers slowly is an audio gap (the rate check
+	// above fails a large one); shown, for a regression to be seen before it fails.
+	var gap time.Duration
+	for _, v := range vs {
+		v.mu.Lock()
+		joined := false // the first keyframe came in the join snapshot
+		for i := 1; i < len(v.tags); i++ {
+			if r := v.tags[i]; r.kind == probe.KindKeyframe {
+				if joined {
+					gap = max(gap, r.at.Sub(v.tags[i-1].at))
+				}
+				joined = true
+			}
+		}
+		v.mu.Unlock()
+	}
+	figure(t, sc, "big_keyframe_arrival_gap_max_ms", gap.Milliseconds(), "shown, not judged: the probe's rate check judges what a player would notice")
 	mu.Lock()
 	defer mu.Unlock()
 	figure(t, sc, "source_keyframe_bytes", len(key), "≥ 3 MiB (3145728)")
@@ -175,6 +194,19 @@ func TestChaosLiveStreamCannotBeHijacked(t *testing.T) {
 	waitGrown(within(ctx, t, 10*time.Second), t, "the viewers to keep reading", vs, atEnd, 32<<10)
 	g := gaps(vs, time.Now())
 	kept := checkViewers(t, sc, vs)
+	if t.Failed() || os.Getenv("DBGTRACE") != "" {
+		for _, v := range vs {
+			v.mu.Lock()
+			var prev tagRec
+			for i, r := range v.tags {
+				if i > 0 && (r.at.Sub(prev.at) > 150*time.Millisecond || r.kind == probe.KindKeyframe) {
+					t.Logf("DBG viewer %d tag %d typ %d kind %v ts %d at %s gap %v", v.idx, i, r.typ, r.kind, r.ts, r.at.Format("05.000"), r.at.Sub(prev.at))
+				}
+				prev = r
+			}
+			v.mu.Unlock()
+		}
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	distinct := 0
