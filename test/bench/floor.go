@@ -51,6 +51,14 @@ type floorRing struct {
 	notify  atomic.Pointer[chan struct{}]
 }
 
+// newFloorRing returns an empty ring, ready to wake.
+func newFloorRing() *floorRing {
+	r := &floorRing{}
+	ch := make(chan struct{})
+	r.notify.Store(&ch)
+	return r
+}
+
 // wake releases the workers waiting for new tags.
 func (r *floorRing) wake() {
 	ch := make(chan struct{})
@@ -110,9 +118,7 @@ func floorMain(args []string) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	ring := &floorRing{}
-	first := make(chan struct{})
-	ring.notify.Store(&first)
+	ring := newFloorRing()
 	var conns atomic.Int64
 	policy := edge.NewWindowPolicy(*window)
 	if *fixed {

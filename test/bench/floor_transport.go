@@ -131,7 +131,7 @@ func floorTransportMain(args []string) error {
 	if err != nil {
 		return err
 	}
-	f := &floorTap{ring: &floorRing{}, pre: [][]byte{flv.FileHeader(m.hasAudio, m.hasVideo)}}
+	f := &floorTap{ring: newFloorRing(), pre: [][]byte{flv.FileHeader(m.hasAudio, m.hasVideo)}}
 	for _, t := range m.tags[:m.headers] {
 		f.pre = append(f.pre, t)
 	}
