@@ -69,6 +69,7 @@ type (
 	resolved struct {
 		owner registry.Owner
 		err   error
+		asked bus.Session // the session followed when the lookup started
 	}
 )
 
@@ -215,12 +216,12 @@ func (s *Stream) resolve() {
 		return
 	}
 	s.lookFlight = true
-	reg, name, ctx, timeout := s.hub.reg, string(s.name), s.hub.ctx, s.hub.cfg.SnapshotTimeout
+	reg, name, ctx, timeout, asked := s.hub.reg, string(s.name), s.hub.ctx, s.hub.cfg.SnapshotTimeout, s.joiner.session
 	go func() {
 		lctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		o, err := reg.LookupStream(lctx, name)
-		s.lookups <- resolved{o, err} // buffered, one in flight
+		s.lookups <- resolved{o, err, asked} // buffered, one in flight
 	}()
 }
 
@@ -231,6 +232,11 @@ func (s *Stream) onResolved(r resolved) {
 	case errors.Is(r.err, registry.ErrNotFound):
 		if s.state == stateResolving || s.state == stateJoining {
 			s.fail(fmt.Errorf("%s: %w", s.name, ErrNotFound))
+			return
+		}
+		if r.asked != s.joiner.session {
+			// Stale: a new session was joined while the lookup ran (an on-demand
+			// lookup waits for a pull for seconds). It must not end that session.
 			return
 		}
 		s.publisherLeft() // the owner is gone and nobody took over (yet): grace starts now
