@@ -218,7 +218,7 @@ func (sh *shard) serve(c *flvConn) bool {
 				return c.end != nil
 			}
 		}
-		if _, err := writev(c, &sh.iov, false); err != nil {
+		if err := writev(c, &sh.iov, false); err != nil {
 			c.end = err
 			return true
 		}
@@ -261,7 +261,7 @@ func (sh *shard) drain(c *flvConn) {
 	for len(c.pending) > 0 && err == nil {
 		// A fresh deadline after each write that made progress.
 		if err = c.conn.SetWriteDeadline(time.Now().Add(sh.srv.writeTimeout())); err == nil {
-			_, err = writev(c, &iov, true)
+			err = writev(c, &iov, true)
 		}
 	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -287,13 +287,12 @@ var (
 // keptSlices bounds the scratch slice array a shard keeps between batches.
 const keptSlices = 64
 
-// writev writes c.pending, drops what the socket took from it and returns how
-// many bytes that was. Unless wait is set it does not block: it returns when the
-// socket is full. With wait it returns after one write that made progress, waiting
-// for the socket (and the connection's write deadline) as long as it takes none.
-// iov is scratch.
-func writev(c *flvConn, iov *[]syscall.Iovec, wait bool) (int, error) {
-	total := 0
+// writev writes c.pending and drops what the socket took from it. Unless wait is
+// set it does not block: it writes until the socket is full or nothing is left.
+// With wait it returns after one write that made progress, waiting for the socket
+// (and the connection's write deadline) as long as it takes none, so that its
+// caller can renew the deadline. iov is scratch.
+func writev(c *flvConn, iov *[]syscall.Iovec, wait bool) error {
 	for len(c.pending) > 0 {
 		vs := (*iov)[:0]
 		want := 0
@@ -324,22 +323,21 @@ func writev(c *flvConn, iov *[]syscall.Iovec, wait bool) (int, error) {
 		clear(vs)
 		switch {
 		case err != nil:
-			return total, err
+			return err
 		case errno == syscall.EAGAIN || errno == syscall.EINTR:
-			return total, nil
+			return nil
 		case errno != 0:
-			return total, errno
+			return errno
 		}
-		total += int(n)
 		consume(&c.pending, int(n))
-		if int(n) < want {
+		if wait || int(n) < want {
 			break
 		}
 	}
 	if len(c.pending) == 0 {
 		c.pending = nil // the array may be the shard's scratch
 	}
-	return total, nil
+	return nil
 }
 
 // consume drops the first n bytes from bufs.
@@ -374,7 +372,7 @@ func (sh *shard) finish(c *flvConn) {
 	case errors.Is(c.end, io.EOF) || errors.Is(c.end, context.Canceled):
 		if !draining && len(c.pending) == 0 {
 			c.pending = net.Buffers{[]byte("0\r\n\r\n")}
-			_, _ = writev(c, &sh.iov, false)
+			_ = writev(c, &sh.iov, false)
 		}
 	case errors.Is(c.end, edge.ErrTooSlow):
 		s.Log.Info("viewer dropped: too slow", "stream", c.name)
