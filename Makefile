@@ -84,7 +84,7 @@ fuzz:
 	@set -e; for spec in \
 	  pkg/flv:FuzzReader pkg/flv:FuzzParseMetadata pkg/bus:FuzzDecode \
 	  pkg/rtmp:FuzzChunkNormalizer pkg/httpflv:FuzzParsePath pkg/edge:FuzzJoiner \
-	  pkg/probe:FuzzRead; do \
+	  pkg/probe:FuzzRead pkg/h2:FuzzConn; do \
 	  pkg=$${spec%%:*}; fn=$${spec##*:}; echo "== $$pkg $$fn ($(FUZZTIME))"; \
 	  $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) ./$$pkg; done
 

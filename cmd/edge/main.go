@@ -21,6 +21,7 @@ import (
 	"github.com/flvcdn/flvcdn/pkg/cluster"
 	"github.com/flvcdn/flvcdn/pkg/conf"
 	"github.com/flvcdn/flvcdn/pkg/edge"
+	"github.com/flvcdn/flvcdn/pkg/h2"
 	"github.com/flvcdn/flvcdn/pkg/health"
 	"github.com/flvcdn/flvcdn/pkg/httpflv"
 	"github.com/flvcdn/flvcdn/pkg/registry"
@@ -185,6 +186,10 @@ func run(c *Config, log *slog.Logger) error {
 	}
 	hs.Protocols.SetHTTP1(true)
 	hs.Protocols.SetUnencryptedHTTP2(c.H2C)
+	// HTTP/2 (h2c here, h2 on the TLS port) is served by package h2, not net/http's
+	// own server: its viewers get each window in one socket write (see pkg/h2).
+	h2s := &h2.Server{WriteTimeout: c.WriteTimeout, Log: log}
+	h2.Configure(hs, h2s)
 	servers := []*http.Server{hs}
 	var tlsLn net.Listener
 	if c.TLSCert != "" {
@@ -204,6 +209,7 @@ func run(c *Config, log *slog.Logger) error {
 			IdleTimeout:       hs.IdleTimeout,
 			ErrorLog:          hs.ErrorLog,
 		})
+		h2.Configure(servers[1], h2s)
 	}
 	reports := make(chan error, 1)
 	go func() {
@@ -255,6 +261,9 @@ func run(c *Config, log *slog.Logger) error {
 	cancel()
 	hub.Wait()
 	flv.Wait() // viewers got their last bytes (and a clean end of stream)
+	stopH2, stopped := context.WithTimeout(context.Background(), 5*time.Second)
+	h2s.Stop(stopH2) // HTTP/2 viewers' handlers end with ctx and finish their streams
+	stopped()
 	if rerr := <-reports; err == nil {
 		err = rerr
 	}

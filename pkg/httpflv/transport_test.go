@@ -25,6 +25,7 @@ import (
 	"github.com/flvcdn/flvcdn/pkg/bus"
 	"github.com/flvcdn/flvcdn/pkg/edge"
 	"github.com/flvcdn/flvcdn/pkg/flv"
+	"github.com/flvcdn/flvcdn/pkg/h2"
 	"github.com/flvcdn/flvcdn/pkg/hook"
 	"github.com/flvcdn/flvcdn/pkg/origin"
 	"github.com/flvcdn/flvcdn/pkg/registry"
@@ -108,6 +109,9 @@ func newTransportRig(t *testing.T, hubCfg edge.Config, srv *Server) *rig {
 	plain.Protocols.SetHTTP1(true)
 	plain.Protocols.SetUnencryptedHTTP2(true)
 	secure := &http.Server{Handler: srv, ConnState: count, TLSConfig: certs.TLSConfig()}
+	h2s := &h2.Server{Log: log} // as the edge binary serves HTTP/2
+	h2.Configure(plain, h2s)
+	h2.Configure(secure, h2s)
 	lp, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -123,6 +127,7 @@ func newTransportRig(t *testing.T, hubCfg edge.Config, srv *Server) *rig {
 		plain.Close()
 		secure.Close()
 		cancel()
+		h2s.Wait()
 		srv.Wait()
 		hub.Wait()
 		o.Wait()
