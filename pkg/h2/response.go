@@ -324,17 +324,44 @@ func (c *conn) writeDATA(st *stream, bufs *net.Buffers, n int64, end bool, deadl
 			iov = append(iov, h)
 			iov = take(iov, bufs, m)
 		}
-		c.iov = iov[:0]
-		_, err = iov.WriteTo(c.nc)
-		clear(c.iov[:cap(c.iov)])
+		err = writev(c.nc, iov)
+		c.iov = keep(iov, 128)
 	} else {
 		err = c.gatherWrite(st, bufs, n, frames, heads, end)
+	}
+	if cap(c.headBuf) > 16*frameHeader {
+		c.headBuf = nil // grown by a join burst
 	}
 	if err != nil {
 		c.breakConn(err)
 		return c.broken
 	}
 	return nil
+}
+
+// writev writes iov in writev calls of at most iovChunk slices: the runtime keeps,
+// per socket, an iovec array as long as the longest writev, and a join burst of
+// hundreds of tags would leave one that size behind on every connection.
+func writev(nc net.Conn, iov net.Buffers) error {
+	const iovChunk = 64
+	for len(iov) > 0 {
+		part := iov[:min(len(iov), iovChunk)]
+		iov = iov[len(part):]
+		if _, err := part.WriteTo(nc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// keep returns iov emptied for reuse, its references to tags dropped, or nil when
+// it grew past most.
+func keep(iov net.Buffers, most int) net.Buffers {
+	if cap(iov) > most {
+		return nil
+	}
+	clear(iov[:cap(iov)])
+	return iov[:0]
 }
 
 // gatherWrite copies frames into pooled buffers and writes each buffer once.

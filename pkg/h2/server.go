@@ -2,11 +2,11 @@
 // with prior knowledge, for net/http handlers. It owns the connection: frame reading,
 // flow control, HPACK and the write of every frame. It exists for the play path: a
 // response writer here also takes a window of shared tag slices (WriteBuffers) and
-// writes it as DATA frames in one write to the socket, from the handler's goroutine
-// (writev of the frame headers and the slices themselves on h2c; one gather per window
-// under TLS, which has no writev), so an HTTP/2 viewer costs about what an HTTP/1.1
-// viewer on the same transport costs. net/http's own HTTP/2 server copies every
-// write into its frame buffer and writes frames from goroutines of its own.
+// writes it as DATA frames from the handler's goroutine, in one write to the socket
+// when the flow-control windows hold it: writev of the frame headers and the slices
+// themselves on h2c, no copy; under TLS, which has no writev, one gather into a
+// pooled buffer (one per 64 KiB). net/http's own HTTP/2 server copies every write
+// into its frame buffer and writes frames from goroutines of its own.
 //
 // Frames are parsed and built by golang.org/x/net/http2's Framer and hpack. It never
 // pushes, ignores priorities, and does not offer extended CONNECT (WebSocket over

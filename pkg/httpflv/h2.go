@@ -12,12 +12,18 @@ import (
 	"github.com/flvcdn/flvcdn/pkg/stream"
 )
 
-// HTTP/2 (and HTTP/1.0) viewers cannot be taken over: net/http's ResponseWriter frames
-// the body (DATA frames, or a close-delimited body for HTTP/1.0). Each Write to it over
-// HTTP/2 is a hand-off to the connection's goroutine, and Write returns only once that
-// goroutine has written the data (net/http keeps the slice until then, copying it a
-// DATA frame at a time into its frame buffer and then through TLS). So a window is
-// written in few Writes (writePieces), then flushed:
+// HTTP/2 and HTTP/1.0 viewers cannot be taken over: the ResponseWriter frames the
+// body (DATA frames, or a close-delimited body for HTTP/1.0).
+//
+// The edge serves HTTP/2 through package h2, whose ResponseWriter takes a window of
+// slices itself (buffersWriter) and writes it as DATA frames: one socket write when
+// the flow-control windows hold it (under TLS, one per 64 KiB gathered).
+// Any other ResponseWriter (HTTP/1.0's, or net/http's own HTTP/2 server when a Server
+// runs without h2.Configure) gets the window in few Writes (writePieces), then a
+// Flush. Over net/http's HTTP/2 each Write is a hand-off to the connection's
+// goroutine, and Write returns only once that goroutine has written the data (net/http
+// keeps the slice until then, copying it a DATA frame at a time into its frame buffer
+// and then through TLS). So:
 //
 //   - a window of one tag is written as it is, the shared slice itself;
 //   - a window of at most wholeWindow bytes (most windows: 2.5 Mbit/s in 60 ms is
@@ -102,7 +108,7 @@ func (s *Server) serveGathered(r *http.Request, w http.ResponseWriter, v *edge.V
 	bufs := make(net.Buffers, 0, 64)
 	for {
 		var err error
-		bufs, err = v.Next(ctx, bufs[:0])
+		bufs, err = v.Next(ctx, reuse(bufs))
 		if len(bufs) > 0 {
 			// As in viewerConn.write, the deadline moves about once a second.
 			if time.Until(until) < timeout-time.Second {
@@ -135,6 +141,20 @@ func (s *Server) serveGathered(r *http.Request, w http.ResponseWriter, v *edge.V
 		}
 	}
 }
+
+// reuse empties a viewer's slice list for its next window: the references to the
+// last window's tags are dropped (a list kept whole would hold a join burst's tags
+// long after the ring let them go), and a list that a join burst grew past
+// keptList is let go (at 24 bytes a slice, hundreds of them per viewer).
+func reuse(bufs net.Buffers) net.Buffers {
+	if cap(bufs) > keptList {
+		return make(net.Buffers, 0, 64)
+	}
+	clear(bufs[:cap(bufs)])
+	return bufs[:0]
+}
+
+const keptList = 256
 
 // buffersWriter is a ResponseWriter that writes a window of slices itself, as DATA
 // frames in one socket write (package h2): no gather of ours, no Flush.

@@ -149,7 +149,7 @@ func (s *Server) writeWS(ctx context.Context, c *websocket.Conn, raw net.Conn, v
 	bufs := make(net.Buffers, 0, 64)
 	for {
 		var err error
-		bufs, err = v.Next(ctx, bufs[:0])
+		bufs, err = v.Next(ctx, reuse(bufs))
 		if len(bufs) > 0 {
 			n, werr := s.wsMessage(c, vc, bufs)
 			written += n

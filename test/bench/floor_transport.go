@@ -8,13 +8,17 @@ package main
 //
 //   - https1: net/http over TLS (HTTP/1.1 only), the connection taken over, the window
 //     gathered with its chunk framing into one pooled buffer and one tls.Conn Write;
-//   - h2: net/http over TLS with HTTP/2, the window gathered into one pooled buffer,
-//     one ResponseWriter Write and one Flush;
+//   - h2: HTTP/2 over TLS through package h2, as the edge serves it: each window one
+//     WriteBuffers call (DATA frames gathered by package h2 into one tls.Conn Write);
+//   - h2c: the same without TLS (package h2 writes the frames with writev);
+//   - h2-nethttp: net/http's own HTTP/2 server over TLS, the window gathered into one
+//     pooled buffer, one ResponseWriter Write and one Flush: what the edge used before
+//     package h2, kept as a reference;
 //   - ws: github.com/coder/websocket without TLS, the window gathered into one
 //     pooled buffer and written as one binary message (one frame).
 //
-// Unlike the HTTP/1.1 floor, each viewer has its own goroutine: net/http's HTTP/2
-// server and the WebSocket library both need one per viewer (a handler, a writer).
+// Unlike the HTTP/1.1 floor, each viewer has its own goroutine: an HTTP/2 handler,
+// a WebSocket writer.
 
 import (
 	"context"
@@ -34,6 +38,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/flvcdn/flvcdn/pkg/flv"
+	"github.com/flvcdn/flvcdn/pkg/h2"
 )
 
 // floorTap is what every viewer of a library floor reads from: the ring, the join
@@ -118,7 +123,7 @@ var floorPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return
 
 func floorTransportMain(args []string) error {
 	fs := flag.NewFlagSet("bench floor-transport", flag.ContinueOnError)
-	mode := fs.String("mode", "h2", "https1, h2 or ws")
+	mode := fs.String("mode", "h2", "https1, h2, h2c, h2-nethttp or ws")
 	mediaPath := fs.String("media", "", "FLV file to pace")
 	window := fs.Duration("merge-window", 50*time.Millisecond, "write each viewer at most once per window")
 	listen := fs.String("listen", "127.0.0.1:0", "listen address")
@@ -146,19 +151,26 @@ func floorTransportMain(args []string) error {
 		srv.Handler = http.HandlerFunc(f.serveHTTPS1)
 		srv.Protocols = new(http.Protocols)
 		srv.Protocols.SetHTTP1(true)
-	case "h2":
+	case "h2", "h2c":
+		srv.Handler = http.HandlerFunc(f.serveH2)
+		srv.Protocols = new(http.Protocols)
+		srv.Protocols.SetHTTP1(true)
+		srv.Protocols.SetHTTP2(true)
+		srv.Protocols.SetUnencryptedHTTP2(true)
+		h2.Configure(srv, &h2.Server{})
+	case "h2-nethttp":
 		srv.Handler = http.HandlerFunc(f.serveH2)
 	case "ws":
 		srv.Handler = http.HandlerFunc(f.serveWS)
 	default:
-		return fmt.Errorf("--mode %q: https1, h2 or ws", *mode)
+		return fmt.Errorf("--mode %q: https1, h2, h2c, h2-nethttp or ws", *mode)
 	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
 	go func() {
-		if *mode == "ws" {
+		if *mode == "ws" || *mode == "h2c" {
 			_ = srv.Serve(ln)
 			return
 		}
@@ -188,6 +200,12 @@ func (f *floorTap) serveH2(w http.ResponseWriter, r *http.Request) {
 		var err error
 		if bufs, err = c.next(r.Context(), bufs[:0]); err != nil {
 			return
+		}
+		if bw, ok := w.(interface{ WriteBuffers(net.Buffers) error }); ok { // package h2
+			if bw.WriteBuffers(net.Buffers(bufs)) != nil {
+				return
+			}
+			continue
 		}
 		bp := floorPool.Get().(*[]byte)
 		b := (*bp)[:0]

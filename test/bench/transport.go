@@ -6,15 +6,24 @@ package main
 //
 //	http/1.1   edge: taken-over connection, one writev per window   floor: `bench floor`
 //	https/1.1  edge: the same over TLS, window gathered, one Write  floor: floor-transport https1
-//	h2         edge: HTTP/2 over TLS, a Write per frame (h2.go)     floor: floor-transport h2
+//	h2         edge: HTTP/2 over TLS (package h2), one gathered     floor: floor-transport h2
+//	           write of DATA frames per window
+//	h2c        edge: HTTP/2 without TLS, one writev of the frame    floor: floor-transport h2c
+//	           headers and shared tags per window
 //	ws         edge: WebSocket-FLV (no TLS), one message per window floor: floor-transport ws
 //	h2-mux     edge: as h2, muxStreams streams per connection       floor: floor-transport h2
+//
+// After the h2 row comes a floor-only row, "h2 net/http": the h2 floor's viewers
+// served by net/http's own HTTP/2 server (floor-transport h2-nethttp), which the edge
+// used before package h2, for comparison.
 //
 // Every viewer is its own client connection (1,000 viewers are 1,000 people, not one
 // browser), except in h2-mux: there viewers come muxStreams to an HTTP/2 connection, as
 // walls of streams in browser tabs do, so that the connection's own costs are shared.
-// All are in this process, reading and discarding through pkg/probe's transports
-// (the HTTP client and the WebSocket client flvprobe uses). All edges are started
+// All are in this process, reading and discarding: HTTP/1.1 and WebSocket viewers
+// through pkg/probe's transports (the HTTP client and the WebSocket client flvprobe
+// uses), HTTP/2 viewers through h2viewer.go's client, which gives window back as
+// browsers do. All edges are started
 // first and their rings filled together, so stream memory does not count as viewer
 // memory; then each transport runs in turn on its own edge, then its floor.
 
@@ -24,7 +33,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -38,7 +46,7 @@ import (
 	"github.com/flvcdn/flvcdn/test/harness"
 )
 
-var allTransports = []string{"http/1.1", "https/1.1", "h2", "ws", "h2-mux"}
+var allTransports = []string{"http/1.1", "https/1.1", "h2", "h2c", "ws", "h2-mux"}
 
 // muxStreams is how many h2-mux viewers share one HTTP/2 connection.
 const muxStreams = 10
@@ -64,6 +72,7 @@ func parseTransports(s string) ([]string, error) {
 // transportResult is one row of the table.
 type transportResult struct {
 	name                 string
+	floorMode            string // floor-transport --mode, when not the name's
 	n, connected, floorN int
 	edgeCPU, floorCPU    time.Duration
 	edgeWall, floorWall  time.Duration
@@ -99,7 +108,7 @@ func (w *world) runTransports(ctx context.Context) error {
 				edges[i].err = err
 				return
 			}
-			e, err := w.startEdge(ctx, c.mergeWindow, true, "--tls-cert", cert.CertFile, "--tls-key", cert.KeyFile, "--https-addr", https)
+			e, err := w.startEdge(ctx, c.mergeWindow, true, "--tls-cert", cert.CertFile, "--tls-key", cert.KeyFile, "--https-addr", https, "--h2c")
 			edges[i] = prepared{e, https, err}
 			if err != nil || !c.fillRing {
 				return
@@ -131,6 +140,13 @@ func (w *world) runTransports(ctx context.Context) error {
 			return fmt.Errorf("transport %s: %w", name, err)
 		}
 		rows = append(rows, r)
+		if name == "h2" {
+			ref := &transportResult{name: "h2 net/http", n: r.n, floorMode: "h2-nethttp"}
+			if err := w.runTransportFloor(ctx, ref, cert); err != nil {
+				return fmt.Errorf("transport h2 net/http: %w", err)
+			}
+			rows = append(rows, ref)
+		}
 	}
 	printTransports(c, rows)
 	return nil
@@ -150,78 +166,18 @@ func openerFor(name, addr, https string, cert *harness.Cert) opener {
 		return func(ctx context.Context) (io.ReadCloser, error) {
 			return probe.HTTP{Client: client}.Open(ctx, "https://"+https+mainPath, probe.New(probe.Options{}, time.Now()))
 		}
-	case "h2":
-		return func(ctx context.Context) (io.ReadCloser, error) {
-			// A Transport per viewer: one HTTP/2 connection each, as separate people have.
-			// Frames of at most 16 KiB, as browsers read them (Go's client would take
-			// 1 MiB, and the server's frame buffer grows to the largest frame it wrote,
-			// the join burst, and keeps it for the connection's life).
-			tr := &http.Transport{TLSClientConfig: tlsConf, DisableCompression: true, Protocols: new(http.Protocols),
-				HTTP2: &http.HTTP2Config{MaxReadFrameSize: 16 << 10}}
-			tr.Protocols.SetHTTP2(true)
-			return probe.HTTP{Client: &http.Client{Transport: tr}}.Open(ctx, "https://"+https+mainPath, probe.New(probe.Options{}, time.Now()))
-		}
+	case "h2": // a connection per viewer, as separate people have (h2viewer.go)
+		return h2Opener(https, tlsConf, 1)
+	case "h2c":
+		return h2Opener(addr, nil, 1)
 	case "ws":
 		return func(ctx context.Context) (io.ReadCloser, error) {
 			return probe.WebSocket{}.Open(ctx, "ws://"+addr+mainPath, probe.New(probe.Options{}, time.Now()))
 		}
 	case "h2-mux":
-		return muxOpener(tlsConf, https)
+		return h2Opener(https, tlsConf, muxStreams)
 	}
 	return nil
-}
-
-// muxOpener opens h2-mux viewers: the k-th opened is stream k%muxStreams of
-// connection k/muxStreams, each connection a Transport of its own. A connection's
-// first viewer opens alone and the others wait for it, so that the Transport does
-// not dial one connection per request that starts before HTTP/2 is negotiated; each
-// Transport counts its dials and a second one fails the viewer, so the row cannot
-// quietly measure more connections than it says.
-func muxOpener(tlsConf *tls.Config, https string) opener {
-	type conn struct {
-		client *http.Client
-		first  chan struct{} // closed once the first viewer has its response
-		dials  atomic.Int32
-	}
-	var (
-		mu    sync.Mutex
-		conns []*conn
-		next  int
-	)
-	return func(ctx context.Context) (io.ReadCloser, error) {
-		mu.Lock()
-		k := next
-		next++
-		if k%muxStreams == 0 {
-			c := &conn{first: make(chan struct{})}
-			tr := &http.Transport{TLSClientConfig: tlsConf, DisableCompression: true, Protocols: new(http.Protocols),
-				HTTP2: &http.HTTP2Config{MaxReadFrameSize: 16 << 10}}
-			tr.Protocols.SetHTTP2(true)
-			d := &net.Dialer{}
-			tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-				if c.dials.Add(1) > 1 {
-					return nil, errors.New("h2-mux: a second connection was dialled")
-				}
-				return d.DialContext(ctx, network, addr)
-			}
-			c.client = &http.Client{Transport: tr}
-			conns = append(conns, c)
-		}
-		c := conns[k/muxStreams]
-		mu.Unlock()
-		if k%muxStreams != 0 {
-			select {
-			case <-c.first:
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-		}
-		rc, err := probe.HTTP{Client: c.client}.Open(ctx, "https://"+https+mainPath, probe.New(probe.Options{}, time.Now()))
-		if k%muxStreams == 0 {
-			close(c.first) // on failure too: the others then try (and dial) themselves
-		}
-		return rc, err
-	}
 }
 
 // streamCrowd is viewers that read through an opener and discard, counting bytes.
@@ -384,7 +340,10 @@ func (w *world) runTransport(ctx context.Context, name string, e *edgeRun, https
 func (w *world) runTransportFloor(ctx context.Context, r *transportResult, cert *harness.Cert) error {
 	args := []string{"floor", "--media", w.media.path, "--merge-window", w.cfg.mergeWindow.String(), "--fixed-window"}
 	if r.name != "http/1.1" {
-		mode := map[string]string{"https/1.1": "https1", "h2": "h2", "ws": "ws", "h2-mux": "h2"}[r.name]
+		mode := map[string]string{"https/1.1": "https1", "h2": "h2", "h2c": "h2c", "ws": "ws", "h2-mux": "h2"}[r.name]
+		if r.floorMode != "" {
+			mode = r.floorMode
+		}
 		args = []string{"floor-transport", "--mode", mode, "--media", w.media.path, "--merge-window", w.cfg.mergeWindow.String(),
 			"--cert", cert.CertFile, "--key", cert.KeyFile}
 	}
@@ -411,7 +370,7 @@ func (w *world) runTransportFloor(ctx context.Context, r *transportResult, cert 
 		return err
 	}
 	w.logf("%s, N=%d: floor", r.name, r.n)
-	cr := w.crowdFor(ctx, r.name, addr, addr, cert, r.n)
+	cr := w.crowdFor(ctx, strings.TrimSuffix(r.name, " net/http"), addr, addr, cert, r.n)
 	defer cr.stop()
 	if err := sleep(ctx, w.cfg.warmup); err != nil {
 		return err
@@ -454,6 +413,11 @@ func printTransports(c *config, rows []*transportResult) {
 			a, _ := summarize(ref)
 			b, _ := summarize(early)
 			return fmt.Sprintf("%d refused, %d ended, %d dropped", a, b, drops)
+		}
+		if r.floorMode != "" { // a floor-only reference row
+			fmt.Fprintf(tw, "%s\t-\t%.3f\t-\t-\t%.1f\t-\t-, %.2f\t-; %s\t\n", r.name, floor, r.floorRSS/kib,
+				r.floorBytesPerSec*8/1e6, lost(r.floorRef, r.floorEarly, r.floorDrop))
+			continue
 		}
 		fmt.Fprintf(tw, "%s\t%.3f\t%.3f\t%.2f\t%.1f\t%.1f\t%.1f\t%.2f, %.2f\t%s; %s\t\n", r.name, edge, floor, ratio,
 			r.mem.rss/kib, r.floorRSS/kib, (r.mem.heap+r.mem.stack)/kib, r.bytesPerSec*8/1e6, r.floorBytesPerSec*8/1e6,
