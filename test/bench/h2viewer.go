@@ -112,17 +112,20 @@ func (c *h2Conn) write(f func() error) error {
 
 // open sends a GET of path and waits for its status.
 func (c *h2Conn) open(ctx context.Context, path string) (*h2Stream, error) {
-	c.mu.Lock()
-	if c.err != nil {
-		c.mu.Unlock()
-		return nil, c.err
-	}
-	st := &h2Stream{c: c, id: c.nextID, status: make(chan int, 1)}
+	st := &h2Stream{c: c, status: make(chan int, 1)}
 	st.cond.L = &c.mu
-	c.nextID += 2
-	c.streams[st.id] = st
-	c.mu.Unlock()
+	// The id is taken under the write lock, so that streams open in the order of
+	// their ids, as the server requires.
 	err := c.write(func() error {
+		c.mu.Lock()
+		if c.err != nil {
+			c.mu.Unlock()
+			return c.err
+		}
+		st.id = c.nextID
+		c.nextID += 2
+		c.streams[st.id] = st
+		c.mu.Unlock()
 		c.hbuf.Reset()
 		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", c.authority}, {":path", path}} {
 			_ = c.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})

@@ -432,7 +432,8 @@ func printTransports(c *config, rows []*transportResult) {
 			}
 		}
 	}
-	fmt.Println("  Viewers are separate connections from this process (pkg/probe's HTTP and WebSocket clients).")
+	fmt.Println("  Viewers are separate connections from this process (pkg/probe's HTTP and WebSocket clients;")
+	fmt.Println("  HTTP/2 viewers: h2viewer.go, which gives window back at half of Chromium's windows).")
 	fmt.Println("  Edge RSS per viewer is from settled readings (two GCs forced by scraping /metrics), the floors' from")
 	fmt.Println("  plain RSS before and after their viewers. The host is shared: figures move between runs.")
 	fmt.Println()
