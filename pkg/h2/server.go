@@ -8,7 +8,8 @@
 // pooled buffer (one per 64 KiB). net/http's own HTTP/2 server copies every write
 // into its frame buffer and writes frames from goroutines of its own.
 //
-// Frames are parsed and built by golang.org/x/net/http2's Framer and hpack. It never
+// Frames are parsed and built by golang.org/x/net/http2's Framer and hpack, except
+// the 9-byte headers of DATA frames, which are written beside the data. It never
 // pushes, ignores priorities, and does not offer extended CONNECT (WebSocket over
 // HTTP/2): browsers open WebSockets over HTTP/1.1 instead.
 package h2
