@@ -2,7 +2,6 @@ package h2
 
 import (
 	"encoding/binary"
-	"errors"
 	"net"
 	"net/http"
 	"os"
@@ -68,14 +67,6 @@ func (w *responseWriter) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	return len(p), nil
-}
-
-func (w *responseWriter) WriteString(s string) (int, error) {
-	if len(w.buf)+len(s) <= smallWrites && w.status != 0 && !w.noBody() && w.err == nil {
-		w.buf = append(w.buf, s...)
-		return len(s), nil
-	}
-	return w.Write([]byte(s))
 }
 
 // WriteBuffers sends bufs as DATA frames, after what earlier Writes left buffered,
@@ -221,9 +212,6 @@ func (w *responseWriter) sendHeader(end bool) error {
 	return err
 }
 
-// errStreamGone is the error of a write to a stream the client reset.
-var errStreamGone = errors.New("h2: stream reset by the client")
-
 // writeData sends bufs as DATA frames as the flow-control windows allow, END_STREAM
 // on the last when end is set.
 func (st *stream) writeData(bufs net.Buffers, end bool, deadline time.Time) error {
@@ -263,7 +251,7 @@ func (st *stream) takeWindow(want int64, deadline time.Time) (int64, error) {
 		c.mu.Lock()
 		if c.streams[st.id] != st {
 			c.mu.Unlock()
-			return 0, errStreamGone
+			return 0, errStreamClosed
 		}
 		if n := min(want, c.sendWin, st.sendWin); n > 0 {
 			c.sendWin -= n
@@ -282,7 +270,7 @@ func (st *stream) takeWindow(want int64, deadline time.Time) (int64, error) {
 		select {
 		case <-changed:
 		case <-st.ctx.Done():
-			return 0, errStreamGone
+			return 0, errStreamClosed
 		case <-timer.C:
 			return 0, os.ErrDeadlineExceeded // a client that gives no window is a stalled reader
 		}
@@ -292,8 +280,6 @@ func (st *stream) takeWindow(want int64, deadline time.Time) (int64, error) {
 // gatherPools hold the buffers a TLS connection's DATA frames are gathered into, by
 // size class: 16, 32 and 64 KiB. A write of more goes out in 64 KiB gathers.
 var gatherPools [3]sync.Pool
-
-const maxGather = 64 << 10
 
 // writeDATA writes n bytes of bufs (consumed) as DATA frames of at most dataFrame
 // bytes, with END_STREAM on the last if end.

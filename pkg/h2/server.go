@@ -210,7 +210,6 @@ func (s *Server) serve(ctx context.Context, nc net.Conn, h http.Handler, sawPref
 		peerWin:  defaultWindow,
 		maxFrame: 16 << 10,
 		changed:  make(chan struct{}),
-		log:      s.logger().With("remote", nc.RemoteAddr().String()),
 	}
 	_, c.plain = nc.(*net.TCPConn)
 	if tc, ok := nc.(*tls.Conn); ok {
@@ -241,9 +240,7 @@ type conn struct {
 	handler  http.Handler
 	ctx      context.Context
 	cancel   context.CancelFunc
-	log      *slog.Logger
 	fr       *http2.Framer
-	dec      *hpack.Decoder
 	handlers sync.WaitGroup
 
 	wmu      sync.Mutex
@@ -268,6 +265,12 @@ type conn struct {
 	refused   int
 }
 
+// logger is the server's, with the client's address: made when something is logged,
+// not kept per connection.
+func (c *conn) logger() *slog.Logger {
+	return c.srv.logger().With("remote", c.nc.RemoteAddr().String())
+}
+
 // wake tells writers waiting for window that it changed; c.mu is held.
 func (c *conn) wake() {
 	close(c.changed)
@@ -282,9 +285,9 @@ func (c *conn) run(sawPreface bool) {
 	defer c.cancel()
 	br := bufio.NewReaderSize(c.nc, 4<<10)
 	c.fr = http2.NewFramer(c.nc, br)
-	c.dec = hpack.NewDecoder(4096, nil)
-	c.dec.SetMaxStringLength(int(c.srv.maxHeaderBytes()))
-	c.fr.ReadMetaHeaders = c.dec
+	dec := hpack.NewDecoder(4096, nil)
+	dec.SetMaxStringLength(int(c.srv.maxHeaderBytes()))
+	c.fr.ReadMetaHeaders = dec
 	c.fr.SetMaxReadFrameSize(16 << 10) // SETTINGS_MAX_FRAME_SIZE is left at its default
 	c.fr.MaxHeaderListSize = c.srv.maxHeaderBytes()
 	c.enc = hpack.NewEncoder(&encWriter{c})
@@ -293,7 +296,7 @@ func (c *conn) run(sawPreface bool) {
 	if !sawPreface {
 		var p [len(clientPreface)]byte
 		if _, err := io.ReadFull(br, p[:]); err != nil || string(p[:]) != clientPreface {
-			c.log.Debug("h2: bad client preface", "err", err)
+			c.logger().Debug("h2: bad client preface", "err", err)
 			return
 		}
 	}
@@ -324,42 +327,43 @@ func (c *conn) run(sawPreface bool) {
 		if first {
 			_ = c.nc.SetReadDeadline(time.Time{})
 		}
-		if err != nil {
-			var se http2.StreamError
-			var ce http2.ConnectionError
-			switch {
-			case errors.As(err, &se):
-				c.mu.Lock()
-				if se.StreamID%2 == 1 && se.StreamID > c.maxID { // a malformed HEADERS still opens (and closes) its stream
-					c.maxID = se.StreamID
-				}
-				c.mu.Unlock()
-				c.resetStream(se.StreamID, se.Code)
-				continue
-			case errors.As(err, &ce):
-				c.goAway(http2.ErrCode(ce), err)
-			case errors.Is(err, http2.ErrFrameTooLarge):
-				c.goAway(http2.ErrCodeFrameSize, err)
-			default:
-				c.log.Debug("h2: connection ended", "err", err)
-			}
-			return
-		}
-		if first {
+		if err == nil && first {
 			if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
-				c.goAway(http2.ErrCodeProtocol, errors.New("first frame is not SETTINGS"))
-				return
+				err = connErr{http2.ErrCodeProtocol, "first frame is not SETTINGS"}
 			}
 			first = false
 		}
-		if err := c.handle(f); err != nil {
-			var ce http2.ConnectionError
-			if errors.As(err, &ce) {
-				c.goAway(http2.ErrCode(ce), err)
+		if err == nil {
+			err = c.handle(f)
+		}
+		var se http2.StreamError
+		if errors.As(err, &se) { // from the Framer or from handle
+			c.mu.Lock()
+			if se.StreamID%2 == 1 && se.StreamID > c.maxID { // a malformed HEADERS still opens (and closes) its stream
+				c.maxID = se.StreamID
 			}
-			c.log.Debug("h2: connection error", "err", err)
+			c.mu.Unlock()
+			c.resetStream(se.StreamID, se.Code)
+			continue
+		}
+		if err != nil {
+			c.end(err)
 			return
 		}
+	}
+}
+
+// end ends the connection after err: with GOAWAY and its code when err is a
+// connection error, else (the client left, a write failed) just logged.
+func (c *conn) end(err error) {
+	var ce http2.ConnectionError
+	switch {
+	case errors.As(err, &ce):
+		c.goAway(http2.ErrCode(ce), err)
+	case errors.Is(err, http2.ErrFrameTooLarge):
+		c.goAway(http2.ErrCodeFrameSize, err)
+	default:
+		c.logger().Debug("h2: connection ended", "err", err)
 	}
 }
 
@@ -378,7 +382,8 @@ func (e connErr) As(t any) bool {
 	return false
 }
 
-// handle acts on one frame. An error is a connection error: the caller sends GOAWAY.
+// handle acts on one frame. A StreamError resets its stream; any other error ends
+// the connection (with GOAWAY when it is a connection error).
 func (c *conn) handle(f http2.Frame) error {
 	switch f := f.(type) {
 	case *http2.SettingsFrame:
@@ -414,7 +419,7 @@ func (c *conn) handle(f http2.Frame) error {
 		}
 		return nil
 	case *http2.PriorityFrame:
-		if f.StreamDep == f.StreamID {
+		if f.StreamDep == f.StreamID { // reset without opening it: PRIORITY may name an idle stream
 			c.resetStream(f.StreamID, http2.ErrCodeProtocol)
 		}
 		return nil
@@ -467,44 +472,38 @@ func (c *conn) setting(s http2.Setting) error {
 
 func (c *conn) windowUpdate(id uint32, inc int64) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if id == 0 {
+	var err error
+	overflow := false // of a stream's window: a stream error
+	switch st := c.streams[id]; {
+	case id == 0:
 		c.sendWin += inc
 		if c.sendWin > maxWindow {
-			return connErr{http2.ErrCodeFlowControl, "connection window grew past 2^31-1"}
+			err = connErr{http2.ErrCodeFlowControl, "connection window grew past 2^31-1"}
 		}
-		c.wake()
-		return nil
-	}
-	if id > c.maxID {
-		return connErr{http2.ErrCodeProtocol, "WINDOW_UPDATE on an idle stream"}
-	}
-	st := c.streams[id]
-	if st == nil {
-		return nil // closed
-	}
-	st.sendWin += inc
-	if st.sendWin > maxWindow {
-		c.mu.Unlock()
-		c.resetStream(id, http2.ErrCodeFlowControl)
-		c.mu.Lock()
-		return nil
+	case id > c.maxID:
+		err = connErr{http2.ErrCodeProtocol, "WINDOW_UPDATE on an idle stream"}
+	case st != nil: // else closed: ignored
+		st.sendWin += inc
+		overflow = st.sendWin > maxWindow
 	}
 	c.wake()
-	return nil
+	c.mu.Unlock()
+	if overflow {
+		c.resetStream(id, http2.ErrCodeFlowControl)
+	}
+	return err
 }
 
 // idleTimeout closes a connection that still has no stream.
 func (c *conn) idleTimeout() {
 	c.mu.Lock()
 	idle := len(c.streams) == 0 && c.running == 0
+	if !idle {
+		c.idle.Reset(c.srv.idleTimeout())
+	}
 	c.mu.Unlock()
 	if idle {
 		c.goAway(http2.ErrCodeNo, nil)
-	} else {
-		c.mu.Lock()
-		c.idle.Reset(c.srv.idleTimeout())
-		c.mu.Unlock()
 	}
 }
 
@@ -518,7 +517,7 @@ func (c *conn) goAway(code http2.ErrCode, err error) {
 	c.mu.Unlock()
 	_ = c.writeFrame(func() error { return c.fr.WriteGoAway(last, code, nil) })
 	if err != nil {
-		c.log.Debug("h2: connection error", "code", code, "err", err)
+		c.logger().Debug("h2: connection error", "code", code, "err", err)
 	}
 	if err != nil || done {
 		_ = c.nc.Close()
@@ -585,7 +584,7 @@ func (c *conn) renewDeadline(want time.Time) {
 func (c *conn) breakConn(err error) {
 	if c.broken == nil {
 		c.broken = fmt.Errorf("h2: write: %w", err)
-		c.log.Debug("h2: write failed", "err", err)
+		c.logger().Debug("h2: write failed", "err", err)
 		_ = c.nc.Close()
 	}
 }

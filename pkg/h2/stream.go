@@ -38,11 +38,7 @@ func (c *conn) headers(f *http2.MetaHeadersFrame) error {
 		return connErr{http2.ErrCodeProtocol, "even stream id from a client"}
 	}
 	if f.HasPriority() && f.Priority.StreamDep == id {
-		c.mu.Lock()
-		c.maxID = max(c.maxID, id)
-		c.mu.Unlock()
-		c.resetStream(id, http2.ErrCodeProtocol) // a stream cannot depend on itself
-		return nil
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol} // a stream cannot depend on itself
 	}
 	c.mu.Lock()
 	if st := c.streams[id]; st != nil {
@@ -82,7 +78,7 @@ func (c *conn) headers(f *http2.MetaHeadersFrame) error {
 
 	req, status, err := c.request(f)
 	if err != nil {
-		c.log.Debug("h2: malformed request", "stream", id, "err", err)
+		c.logger().Debug("h2: malformed request", "stream", id, "err", err)
 		c.resetStream(id, http2.ErrCodeProtocol)
 		return nil
 	}
@@ -205,7 +201,7 @@ func (st *stream) done(w *responseWriter) {
 	c := st.c
 	if p := recover(); p != nil {
 		if p != http.ErrAbortHandler {
-			c.log.Error("h2: handler panicked", "stream", st.id, "panic", p, "stack", string(debug.Stack()))
+			c.logger().Error("h2: handler panicked", "stream", st.id, "panic", p, "stack", string(debug.Stack()))
 		}
 		c.resetStream(st.id, http2.ErrCodeInternal)
 	} else if err := w.end(); err == nil {
