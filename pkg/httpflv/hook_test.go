@@ -62,7 +62,12 @@ func TestPlayHook(t *testing.T) {
 		req.RemoteAddr = "192.0.2.9:5555"
 		srv.ServeHTTP(rec, req)
 		mu.Lock()
-		asked := len(events)
+		asked := 0 // play questions; an allowed play's stop is sent on its own, maybe already
+		for _, ev := range events {
+			if ev.Action == hook.Play {
+				asked++
+			}
+		}
 		mu.Unlock()
 		if rec.Code != c.code || rec.Body.String() != c.body || asked != c.asked {
 			t.Errorf("GET %s: %d %q, hook asked %d times; want %d %q, %d", c.target, rec.Code, rec.Body.String(), asked, c.code, c.body, c.asked)
