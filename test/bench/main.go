@@ -53,6 +53,7 @@ type config struct {
 	nats           string
 	cacheDir       string
 	fillRing       bool
+	edgeArgs       []string
 	perfN          int
 	connectPar     int
 	maxRun         time.Duration
@@ -88,8 +89,9 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.registry, "registry", "redis", "registry: redis (redis-server child) or nats-kv")
 	fs.StringVar(&c.nats, "nats", "external", "NATS: external (nats-server child, max_payload 8MB) or embedded (origin --embedded-nats)")
 	fs.StringVar(&c.cacheDir, "cache", ".cache/bench", "where the encoded media is kept (relative to the repository root)")
+	edgeArgs := fs.String("edge-args", "", "extra flags, comma-separated, for the edges of the viewer steps (for experiments, e.g. --send-buffer=0)")
 	fs.BoolVar(&c.fillRing, "fill-ring", true, "before each step, wait until the edge's tag ring is full so stream memory does not count as viewer memory")
-	fs.IntVar(&c.perfN, "perf", 0, "record `perf` call graphs of the edge during the window of the step with this N (inflates that step's CPU)")
+	fs.IntVar(&c.perfN, "perf", 0, "record `perf` call graphs of the edge and the floor during the windows of the step with this N (inflates that step's CPU)")
 	fs.IntVar(&c.connectPar, "connect-parallel", 64, "viewer connections in flight at once")
 	fs.DurationVar(&c.maxRun, "max-run", 30*time.Minute, "stop everything after this long")
 	fs.BoolVar(&c.quick, "quick", false, "fast run: N=100,500, 8s windows, 20 first-keyframe samples, merge windows at N=500, no ring fill; cost model with S=1,10, E=1,2, 4x50 viewers, 5s windows")
@@ -107,6 +109,9 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.outDir, "out", "bench-out", "directory for bench.json and the PNG plots (relative to the repository root)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if *edgeArgs != "" {
+		c.edgeArgs = strings.Split(*edgeArgs, ",")
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })

@@ -25,18 +25,20 @@ type stepJSON struct {
 	WindowMs      float64 `json:"window_ms"`
 	FloorWindowMs float64 `json:"floor_window_ms"`
 	EdgeMsVS      float64 `json:"edge_ms_per_viewer_s"`
-	FloorMsVS     float64 `json:"floor_ms_per_viewer_s"`
-	Ratio         float64 `json:"edge_over_floor"`
-	RSSKB         float64 `json:"rss_kb_per_viewer"`
-	HeapKB        float64 `json:"heap_kb_per_viewer"`
-	StackKB       float64 `json:"stack_kb_per_viewer"`
-	LatP50Ms      float64 `json:"latency_p50_ms"`
-	LatP99Ms      float64 `json:"latency_p99_ms"`
-	LatMaxMs      float64 `json:"latency_max_ms"`
-	HopP99Ms      float64 `json:"edge_hop_p99_ms"`
-	HostBusy      float64 `json:"host_busy"`
-	OtherCPUs     float64 `json:"other_cpus"`
-	Dropped       int     `json:"dropped"`
+	// the edge's figure in each half of its window: before the floor's, after it
+	EdgeHalves [2]float64 `json:"edge_ms_per_viewer_s_halves"`
+	FloorMsVS  float64    `json:"floor_ms_per_viewer_s"`
+	Ratio      float64    `json:"edge_over_floor"`
+	RSSKB      float64    `json:"rss_kb_per_viewer"`
+	HeapKB     float64    `json:"heap_kb_per_viewer"`
+	StackKB    float64    `json:"stack_kb_per_viewer"`
+	LatP50Ms   float64    `json:"latency_p50_ms"`
+	LatP99Ms   float64    `json:"latency_p99_ms"`
+	LatMaxMs   float64    `json:"latency_max_ms"`
+	HopP99Ms   float64    `json:"edge_hop_p99_ms"`
+	HostBusy   float64    `json:"host_busy"`
+	OtherCPUs  float64    `json:"other_cpus"`
+	Dropped    int        `json:"dropped"`
 }
 
 // benchJSON is bench.json.
@@ -56,7 +58,7 @@ func toJSON(r *stepResult) stepJSON {
 	edge, floor := cpuPerViewer(r.edgeCPU, r.connected, r.window), cpuPerViewer(r.floorCPU, r.floorN, r.floorWall)
 	dropped, _ := drops(r)
 	s := stepJSON{Viewers: r.n, Fixed: r.fixed, CeilingMs: ms64(r.step.window), WindowMs: ms64(r.chosen), FloorWindowMs: ms64(r.floorChosen),
-		EdgeMsVS: edge, FloorMsVS: floor, RSSKB: r.mem.rss / kib, HeapKB: r.mem.heap / kib, StackKB: r.mem.stack / kib,
+		EdgeMsVS: edge, EdgeHalves: r.edgeHalves, FloorMsVS: floor, RSSKB: r.mem.rss / kib, HeapKB: r.mem.heap / kib, StackKB: r.mem.stack / kib,
 		LatP50Ms: ms64(pct(r.lat, 50)), LatP99Ms: ms64(pct(r.lat, 99)), LatMaxMs: ms64(pct(r.lat, 100)), HopP99Ms: ms64(pct(r.hop, 99)),
 		HostBusy: r.hostBusy, OtherCPUs: r.edgeShare.other(), Dropped: dropped}
 	if r.fixed {

@@ -80,6 +80,7 @@ func printStep(c *config, r *stepResult) {
 	p50, p99 := pct(r.lat, 50), pct(r.lat, 99)
 	fmt.Fprintf(tw, "edge CPU\t%.3f ms per viewer-second (%.2f CPU-s in %.1f s)\t≤ %.2f with p99 ≤ %s\t%s\n",
 		edge, r.edgeCPU.Seconds(), r.window.Seconds(), targetCPU, ms(targetLatP99), mark(edge <= targetCPU && p99 <= targetLatP99 && len(r.lat) > 0))
+	fmt.Fprintf(tw, "  in its two halves\t%.3f before the floor's window, %.3f after it\t\t\n", r.edgeHalves[0], r.edgeHalves[1])
 	fmt.Fprintf(tw, "floor CPU\t%.3f ms per viewer-second (%.2f CPU-s in %.1f s)\t\t\n", floor, r.floorCPU.Seconds(), r.floorWall.Seconds())
 	ratio := 0.0
 	if floor > 0 {
@@ -107,6 +108,9 @@ func printStep(c *config, r *stepResult) {
 	tw.Flush()
 	if r.perfData != "" {
 		fmt.Printf("  perf profile of the edge over the window (%s; perf inflates this step's CPU):\n%s", r.perfData, r.perfSummary)
+	}
+	if r.floorPerfData != "" {
+		fmt.Printf("  perf profile of the floor over its window (%s):\n%s", r.floorPerfData, r.floorPerfSummary)
 	}
 	fmt.Println()
 }

@@ -142,9 +142,6 @@ func run(ctx context.Context, c *config) error {
 		if err != nil {
 			return err
 		}
-		if err := w.runFloor(ctx, st, r); err != nil {
-			return err
-		}
 		results[st] = r
 		if i < len(perN) {
 			printStep(c, r)
@@ -409,7 +406,7 @@ func (w *world) prepare(ctx context.Context, st step) *pending {
 	p := &pending{done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
-		e, err := w.startEdge(ctx, st.window, st.fixed)
+		e, err := w.startEdge(ctx, st.window, st.fixed, w.cfg.edgeArgs...)
 		if err != nil {
 			p.err = err
 			return
@@ -534,6 +531,8 @@ type stepResult struct {
 	hostBusy  float64 // share of all CPUs busy during the edge window
 	edgeShare cpuShare
 	floorShr  cpuShare
+	// edge CPU in ms per viewer-second in each half of its window (before and after the floor's)
+	edgeHalves [2]float64
 
 	mem memResult
 
@@ -554,6 +553,8 @@ type stepResult struct {
 	floorBytesPerSec  float64
 	perfData          string
 	perfSummary       string
+	floorPerfData     string
+	floorPerfSummary  string
 }
 
 // memSample is one reading of the edge's memory.
@@ -628,7 +629,12 @@ func perViewerMemory(base, loaded memSample, viewers int) memResult {
 	return r
 }
 
-// runStep measures N viewers on a prepared edge: the pilot plus N-1 more.
+// runStep measures N viewers on a prepared edge, the pilot plus N-1 more, and the
+// floor with N. The edge's window is cut in two halves around the floor's (edge,
+// floor, edge), each half with its own N-1 viewers: the CPU figures of this shared
+// host drift by tens of per cent within minutes (the floor alone cost 0.172 and
+// 0.217 ms per viewer-second in two runs a day apart), and measured so, a drift that
+// is linear in time moves the edge's figure as much as the floor's.
 func (w *world) runStep(ctx context.Context, e *edgeRun, st step) (*stepResult, error) {
 	defer e.stop()
 	r := &stepResult{step: st}
@@ -650,62 +656,105 @@ func (w *world) runStep(ctx context.Context, e *edgeRun, st step) (*stepResult, 
 		return nil, err
 	}
 
-	start := time.Now()
-	e.crowd.connect(ctx, st.n-1, min(w.cfg.sampleViewers, st.n)-1, w.cfg.connectPar)
-	r.connectTime = time.Since(start)
-	refused, _ := e.crowd.failures()
-	nRefused, why := summarize(refused)
-	r.connected = st.n - nRefused
-	w.logf("N=%d: %d connected in %s%s; warm-up %s", st.n, r.connected, r.connectTime.Round(time.Millisecond), ifs(nRefused > 0, ", refused: "+why), w.cfg.warmup)
-	if err := sleep(ctx, w.cfg.warmup); err != nil {
-		return nil, err
-	}
-	var perf *proc
-	if w.cfg.perfN == st.n {
-		r.perfData = filepath.Join(filepath.Dir(w.media.path), fmt.Sprintf("edge-N%d-%s.perf.data", st.n, st.window))
-		perf, err = w.start("perf", "perf", "record", "-F", "499", "-g", "-p", strconv.Itoa(e.p.PID()),
-			"-o", r.perfData, "--", "sleep", strconv.Itoa(int(w.cfg.duration.Seconds())))
+	crowds := []*crowd{e.crowd} // the pilot's, then one per half
+	defer func() {
+		for _, c := range crowds[1:] {
+			c.stop()
+		}
+	}()
+	var halves [2]measured
+	for half := range halves {
+		cr := newCrowd(e.addr, mainPath, w.pub.sent, w.probe.arrived)
+		crowds = append(crowds, cr)
+		start := time.Now()
+		cr.connect(ctx, st.n-1, min(w.cfg.sampleViewers, st.n)-1, w.cfg.connectPar)
+		refused, _ := cr.failures()
+		nRefused, why := summarize(refused)
+		if half == 0 {
+			r.connectTime = time.Since(start)
+			r.connected = st.n - nRefused
+		} else {
+			r.connected = min(r.connected, st.n-nRefused)
+		}
+		w.logf("N=%d, edge half %d: %d connected in %s%s; warm-up %s", st.n, half+1, st.n-nRefused, time.Since(start).Round(time.Millisecond), ifs(nRefused > 0, ", refused: "+why), w.cfg.warmup)
+		if err := sleep(ctx, w.cfg.warmup); err != nil {
+			return nil, err
+		}
+		var perf *proc
+		if w.cfg.perfN == st.n && half == 0 {
+			r.perfData = filepath.Join(filepath.Dir(w.media.path), fmt.Sprintf("edge-N%d-%s.perf.data", st.n, st.window))
+			perf, err = w.start("perf", "perf", "record", "-F", "499", "-g", "-p", strconv.Itoa(e.p.PID()),
+				"-o", r.perfData, "--", "sleep", strconv.Itoa(int((w.cfg.duration / 2).Seconds())))
+			if err != nil {
+				return nil, err
+			}
+		}
+		bytes := func() int64 { return e.crowd.bytes() + cr.bytes() }
+		e.crowd.measuring.Store(true)
+		cr.measuring.Store(true)
+		halves[half], err = w.measure(ctx, "edge", e.p, bytes, w.cfg.duration/2)
+		e.crowd.measuring.Store(false)
+		cr.measuring.Store(false)
 		if err != nil {
 			return nil, err
 		}
+		if perf != nil {
+			<-perf.Exited()
+			r.perfSummary = perfSummary(ctx, r.perfData)
+		}
+		if half == 1 {
+			break
+		}
+		if m, err := scrape(e.url("/metrics")); err == nil {
+			r.chosen = time.Duration(m["flvcdn_edge_merge_window_seconds"] * float64(time.Second))
+		}
+		// Memory is read after the first half, with every viewer still connected and
+		// long past its first writes (buffers and stacks have grown to their working size).
+		loaded, scrapes, err := e.settledMemory(ctx)
+		if err != nil {
+			return nil, err
+		}
+		w.debugf("loaded after %d scrapes: rss %.1f MB heap %.1f MB", scrapes, mb(loaded.rss), mb(loaded.heap))
+		r.mem = perViewerMemory(base, loaded, r.connected-1)
+		cr.stop() // the pilot keeps the stream pulled while the floor runs
+		if err := w.runFloor(ctx, st, r); err != nil {
+			return nil, err
+		}
 	}
-	e.crowd.measuring.Store(true)
-	m, err := w.measure(ctx, "edge", e.p, e.crowd.bytes)
-	e.crowd.measuring.Store(false)
-	if err != nil {
-		return nil, err
+	for i, h := range halves {
+		r.edgeHalves[i] = cpuPerViewer(h.cpu, r.connected, h.wall)
 	}
+	m := halves[0].plus(halves[1])
 	r.edgeShare = m.share
-	if perf != nil {
-		<-perf.Exited()
-		r.perfSummary = perfSummary(ctx, r.perfData)
-	}
 	r.edgeCPU, r.window, r.hostBusy = m.cpu, m.wall, m.busy
-	if m, err := scrape(e.url("/metrics")); err == nil {
-		r.chosen = time.Duration(m["flvcdn_edge_merge_window_seconds"] * float64(time.Second))
+
+	r.refused, r.early = map[string]int{}, map[string]int{}
+	for _, c := range crowds {
+		lat, hop, unmatched := c.latency()
+		r.lat, r.hop, r.unmatched = append(r.lat, lat...), append(r.hop, hop...), r.unmatched+unmatched
+		r.parsers += c.parsers()
+		refused, early := c.failures()
+		addCounts(r.refused, refused)
+		addCounts(r.early, early)
 	}
-	// Memory is read after the window, with every viewer still connected and long
-	// past its first writes (buffers and stacks have grown to their working size).
-	loaded, scrapes, err := e.settledMemory(ctx)
-	if err != nil {
-		return nil, err
-	}
-	w.debugf("loaded after %d scrapes: rss %.1f MB heap %.1f MB", scrapes, mb(loaded.rss), mb(loaded.heap))
-	r.mem = perViewerMemory(base, loaded, r.connected-1)
-	r.lat, r.hop, r.unmatched = e.crowd.latency()
-	r.parsers = e.crowd.parsers()
 	m1, err := scrape(e.url("/metrics"))
 	if err != nil {
 		return nil, err
 	}
 	r.edgeDrops = m1["flvcdn_edge_viewer_drops_total"] - m0["flvcdn_edge_viewer_drops_total"]
 	r.edgeSkips = m1["flvcdn_edge_viewer_skips_total"] - m0["flvcdn_edge_viewer_skips_total"]
-	r.refused, r.early = e.crowd.failures()
 	r.bytesPerViewerSec = float64(m.bytes) / m.wall.Seconds() / float64(max(r.connected, 1))
 	if err := e.p.Running(); err != nil {
 		return nil, err
 	}
 	return r, nil
+}
+
+// addCounts adds the counts of src to dst.
+func addCounts(dst, src map[string]int) {
+	for k, v := range src {
+		dst[k] += v
+	}
 }
 
 // runFloor measures the floor process with the step's N and merge window.
@@ -744,9 +793,22 @@ func (w *world) runFloor(ctx context.Context, st step, r *stepResult) error {
 	if err := sleep(ctx, w.cfg.warmup); err != nil {
 		return err
 	}
-	m, err := w.measure(ctx, "floor", p, cr.bytes)
+	var perf *proc
+	if w.cfg.perfN == st.n {
+		r.floorPerfData = filepath.Join(filepath.Dir(w.media.path), fmt.Sprintf("floor-N%d-%s.perf.data", st.n, st.window))
+		perf, err = w.start("perf", "perf", "record", "-F", "499", "-g", "-p", strconv.Itoa(p.PID()),
+			"-o", r.floorPerfData, "--", "sleep", strconv.Itoa(int(w.cfg.duration.Seconds())))
+		if err != nil {
+			return err
+		}
+	}
+	m, err := w.measure(ctx, "floor", p, cr.bytes, w.cfg.duration)
 	if err != nil {
 		return err
+	}
+	if perf != nil {
+		<-perf.Exited()
+		r.floorPerfSummary = perfSummary(ctx, r.floorPerfData)
 	}
 	r.floorRef, r.floorEarly = cr.failures()
 	nRef, _ := summarize(r.floorRef)
@@ -817,15 +879,29 @@ type measured struct {
 	bytes int64
 }
 
-// measure meters p (named name) and reads bytes before and after one window of
-// w.cfg.duration.
-func (w *world) measure(ctx context.Context, name string, p *proc, bytes func() int64) (measured, error) {
+// plus is a and b as one window: CPU, wall time and bytes add up, shares of the
+// host are weighted by wall time.
+func (a measured) plus(b measured) measured {
+	wall := a.wall + b.wall
+	if wall <= 0 {
+		return a
+	}
+	fa, fb := a.wall.Seconds()/wall.Seconds(), b.wall.Seconds()/wall.Seconds()
+	sh := cpuShare{names: a.share.names, host: a.share.host*fa + b.share.host*fb}
+	for i := range a.share.cpus {
+		sh.cpus = append(sh.cpus, a.share.cpus[i]*fa+b.share.cpus[i]*fb)
+	}
+	return measured{cpu: a.cpu + b.cpu, wall: wall, busy: a.busy*fa + b.busy*fb, share: sh, bytes: a.bytes + b.bytes}
+}
+
+// measure meters p (named name) and reads bytes before and after one window of d.
+func (w *world) measure(ctx context.Context, name string, p *proc, bytes func() int64, d time.Duration) (measured, error) {
 	meter, err := w.meter(name, p)
 	if err != nil {
 		return measured{}, err
 	}
 	b0 := bytes()
-	if err := sleep(ctx, w.cfg.duration); err != nil {
+	if err := sleep(ctx, d); err != nil {
 		return measured{}, err
 	}
 	used, wall, busy, err := meter.stop()

@@ -312,7 +312,7 @@ func (w *world) runTransport(ctx context.Context, name string, e *edgeRun, https
 	if err := sleep(ctx, w.cfg.warmup); err != nil {
 		return nil, err
 	}
-	m, err := w.measure(ctx, "edge", e.p, cr.bytes)
+	m, err := w.measure(ctx, "edge", e.p, cr.bytes, w.cfg.duration)
 	if err != nil {
 		return nil, err
 	}
@@ -375,7 +375,7 @@ func (w *world) runTransportFloor(ctx context.Context, r *transportResult, cert 
 	if err := sleep(ctx, w.cfg.warmup); err != nil {
 		return err
 	}
-	m, err := w.measure(ctx, "floor", p, cr.bytes)
+	m, err := w.measure(ctx, "floor", p, cr.bytes, w.cfg.duration)
 	if err != nil {
 		return err
 	}
