@@ -54,7 +54,6 @@ type shard struct {
 	conns []*flvConn    // the shard goroutine's own
 	bufs  net.Buffers   // scratch for one viewer's batch
 	vw    *vecWriter
-	sink  uintptr // see touch
 	// FLV bytes written in this round, added to the counters once per round: two
 	// shards adding to one shared counter per viewer made its cache line bounce
 	// between CPUs at every write.
@@ -149,10 +148,7 @@ func (sh *shard) run(ctx context.Context) {
 		// Taken before serving: a wake-up during the round is not missed.
 		wake := sh.conns[0].v.Wake()
 		kept := sh.conns[:0]
-		for i, c := range sh.conns {
-			if i+1 < len(sh.conns) {
-				sh.touch(sh.conns[i+1])
-			}
+		for _, c := range sh.conns {
 			if sh.serve(c) {
 				sh.finish(c)
 				continue
@@ -247,15 +243,6 @@ func (sh *shard) serve(c *flvConn) bool {
 		sh.account(c)
 	}
 	return false
-}
-
-// touch reads the first words of c and of its viewer before c is served, so that
-// their cache lines load while the viewer before it is written to. Each viewer's
-// state is touched once per window, long after it left the cache: in perf annotate
-// at N=2000 the first loads of flvConn and of edge.Viewer took three quarters of
-// serve's and of Viewer.Poll's time.
-func (sh *shard) touch(c *flvConn) {
-	sh.sink += uintptr(unsafe.Pointer(c.v.Stream())) + uintptr(c.chunk)
 }
 
 // account counts a chunk once all of it is written.

@@ -102,7 +102,6 @@ type floorWorker struct {
 	n     uintptr
 	errno syscall.Errno
 	do    func(fd uintptr) bool
-	sink  uintptr
 }
 
 var crlf = []byte("\r\n")
@@ -274,10 +273,7 @@ func (w *floorWorker) run(r *floorRing, drops, conns *atomic.Int64) {
 		w.mu.Unlock()
 		head := r.head.Load()
 		kept := w.conns[:0]
-		for i, c := range w.conns {
-			if i+1 < len(w.conns) { // as the edge does: load its state before it is due
-				w.sink += uintptr(w.conns[i+1].cursor)
-			}
+		for _, c := range w.conns {
 			switch err := w.flush(c, r, head); {
 			case err == nil:
 				kept = append(kept, c)
