@@ -785,7 +785,9 @@ func (w *world) runFloor(ctx context.Context, st step, r *stepResult) error {
 	cr := newCrowd(addr, mainPath, nil, nil)
 	defer cr.stop()
 	w.logf("N=%d, merge window %s: floor", st.n, st.window)
-	cr.connect(ctx, st.n, 0, w.cfg.connectPar)
+	// As many parsing viewers as the edge has (its pilot and the step's), so that
+	// both sides serve the same mix of readers; the floor's record nothing.
+	cr.connect(ctx, st.n, min(w.cfg.sampleViewers, st.n), w.cfg.connectPar)
 	if ref, _ := cr.failures(); len(ref) > 0 {
 		nRef, why := summarize(ref)
 		w.logf("floor N=%d: %d refused: %s", st.n, nRef, why)
