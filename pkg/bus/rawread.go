@@ -16,12 +16,12 @@ import (
 // Why: a read through net.Conn tells the scheduler it enters a system call, and
 // when the process was idle that wakes the runtime's sysmon thread, which then
 // sleeps 20 µs at a time (longer after the first millisecond) until the process is
-// idle again. An edge reads NATS
-// about 160 times a second, and its writers keep it busy for milliseconds after
-// every merge window; with net.Conn reads its sysmon slept about 1,000 times a
-// second at N=2000, with these reads 65, and the bench floor's, which has no NATS
-// connection, 87 (perf stat -p, syscalls:sys_enter_nanosleep, one run each). A read
-// of a non-blocking socket cannot block, so it needs no such hand-off.
+// idle again. An edge reads NATS about 160 times a second, and its writers keep it
+// busy for milliseconds after every merge window; with net.Conn reads its sysmon
+// slept about 1,000 times a second at N=2000, with these reads 65, and the bench
+// floor's, which has no NATS connection, 69-87 (perf stat -p,
+// syscalls:sys_enter_nanosleep, one run each). A read of a non-blocking socket
+// cannot block, so it needs no such hand-off.
 type rawReadDialer struct {
 	d net.Dialer
 }

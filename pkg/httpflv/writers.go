@@ -54,9 +54,8 @@ type shard struct {
 	conns []*flvConn    // the shard goroutine's own
 	bufs  net.Buffers   // scratch for one viewer's batch
 	vw    *vecWriter
-	// FLV bytes written in this round, added to the counters once per round: two
-	// shards adding to one shared counter per viewer made its cache line bounce
-	// between CPUs at every write.
+	// FLV bytes written in this round, added to the edge's counters once per round,
+	// so that the shards do not both add to the same shared counters at every write.
 	counted int64
 }
 
