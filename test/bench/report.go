@@ -28,7 +28,7 @@ const (
 	rssFootnote      = "RSS moves by several MB with GC phase and heap overshoot whatever N is: per-viewer RSS is meaningful at large N only (heap and stacks are steadier)"
 	otherFootnote    = "other = CPU used by processes outside this run (the machine may be shared); when the host is saturated, latency and CPU figures are contended"
 	cpuFootnote      = "CPU = utime+stime from /proc/<pid>/stat over the window, per viewer-second"
-	floorFootnote    = "floor = `bench floor`: same bytes, same merge window, non-blocking writev from one worker per CPU; nothing else"
+	floorFootnote    = "floor = `bench floor`: same bytes, same merge window, same mix of viewers, non-blocking writev from one worker per CPU; nothing else. The edge is measured in two halves, before and after the floor's window"
 	cpuSharedNotable = 0.9 // host busy share past which CPU figures are contended
 )
 
