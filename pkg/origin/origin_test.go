@@ -185,6 +185,12 @@ func TestLiveOwnerKeepsStreamAndDeadOwnerIsTakenOver(t *testing.T) {
 	if _, err := a.Publish(ctx, name("live/t"), ""); err != nil {
 		t.Fatal(err)
 	}
+	// a is live once Run's first heartbeat wrote its liveness record; before that a
+	// newcomer may rightly take over (CI once saw b win here).
+	harness.Until(t, 5*time.Second, "origin a's liveness record", func() bool {
+		_, err := e.store.GetOrigin(ctx, "a")
+		return err == nil
+	})
 	b := e.origin(t, Config{ID: "b", TTL: 600 * time.Millisecond, ClaimWait: 1500 * time.Millisecond})
 	start := time.Now()
 	if _, err := b.Publish(ctx, name("live/t"), ""); !errors.Is(err, registry.ErrTaken) {
