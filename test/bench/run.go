@@ -633,7 +633,7 @@ func perViewerMemory(base, loaded memSample, viewers int) memResult {
 // floor with N. The edge's window is cut in two halves around the floor's (edge,
 // floor, edge), each half with its own N-1 viewers: CPU figures on this shared host
 // drift (the same floor cost 0.172 and 0.192 ms per viewer-second in two runs 90
-// minutes apart, and one edge's halves differed by up to 20 %), and measured so, a
+// minutes apart, and one edge's halves differed by up to 22 %), and measured so, a
 // drift that is linear in time moves the edge's figure as much as the floor's.
 func (w *world) runStep(ctx context.Context, e *edgeRun, st step) (*stepResult, error) {
 	defer e.stop()
