@@ -680,14 +680,12 @@ func (w *world) runStep(ctx context.Context, e *edgeRun, st step) (*stepResult, 
 		if err := sleep(ctx, w.cfg.warmup); err != nil {
 			return nil, err
 		}
-		var perf *proc
+		var perf *perfRecord
 		if w.cfg.perfN == st.n && half == 0 {
-			r.perfData = filepath.Join(filepath.Dir(w.media.path), fmt.Sprintf("edge-N%d-%s.perf.data", st.n, st.window))
-			perf, err = w.start("perf", "perf", "record", "-F", "499", "-g", "-p", strconv.Itoa(e.p.PID()),
-				"-o", r.perfData, "--", "sleep", strconv.Itoa(int((w.cfg.duration / 2).Seconds())))
-			if err != nil {
+			if perf, err = w.recordPerf("edge", st, e.p.PID(), w.cfg.duration/2); err != nil {
 				return nil, err
 			}
+			r.perfData = perf.file
 		}
 		bytes := func() int64 { return e.crowd.bytes() + cr.bytes() }
 		e.crowd.measuring.Store(true)
@@ -699,8 +697,7 @@ func (w *world) runStep(ctx context.Context, e *edgeRun, st step) (*stepResult, 
 			return nil, err
 		}
 		if perf != nil {
-			<-perf.Exited()
-			r.perfSummary = perfSummary(ctx, r.perfData)
+			r.perfSummary = perf.summary(ctx)
 		}
 		if half == 1 {
 			break
@@ -795,22 +792,19 @@ func (w *world) runFloor(ctx context.Context, st step, r *stepResult) error {
 	if err := sleep(ctx, w.cfg.warmup); err != nil {
 		return err
 	}
-	var perf *proc
+	var perf *perfRecord
 	if w.cfg.perfN == st.n {
-		r.floorPerfData = filepath.Join(filepath.Dir(w.media.path), fmt.Sprintf("floor-N%d-%s.perf.data", st.n, st.window))
-		perf, err = w.start("perf", "perf", "record", "-F", "499", "-g", "-p", strconv.Itoa(p.PID()),
-			"-o", r.floorPerfData, "--", "sleep", strconv.Itoa(int(w.cfg.duration.Seconds())))
-		if err != nil {
+		if perf, err = w.recordPerf("floor", st, p.PID(), w.cfg.duration); err != nil {
 			return err
 		}
+		r.floorPerfData = perf.file
 	}
 	m, err := w.measure(ctx, "floor", p, cr.bytes, w.cfg.duration)
 	if err != nil {
 		return err
 	}
 	if perf != nil {
-		<-perf.Exited()
-		r.floorPerfSummary = perfSummary(ctx, r.floorPerfData)
+		r.floorPerfSummary = perf.summary(ctx)
 	}
 	r.floorRef, r.floorEarly = cr.failures()
 	nRef, _ := summarize(r.floorRef)
@@ -830,7 +824,31 @@ func (w *world) runFloor(ctx context.Context, st step, r *stepResult) error {
 	return nil
 }
 
-// perfSummary is the edge's time by binary, then the call-graph symbols (with
+// perfRecord is `perf record` of one process over one window.
+type perfRecord struct {
+	p    *proc
+	file string
+}
+
+// recordPerf starts recording call graphs of pid (named name, e.g. "edge") for d,
+// into a file beside the bench media named after the step.
+func (w *world) recordPerf(name string, st step, pid int, d time.Duration) (*perfRecord, error) {
+	file := filepath.Join(filepath.Dir(w.media.path), fmt.Sprintf("%s-N%d-%s.perf.data", name, st.n, st.window))
+	p, err := w.start("perf", "perf", "record", "-F", "499", "-g", "-p", strconv.Itoa(pid),
+		"-o", file, "--", "sleep", strconv.Itoa(int(d.Seconds())))
+	if err != nil {
+		return nil, err
+	}
+	return &perfRecord{p: p, file: file}, nil
+}
+
+// summary waits for the recording to end and summarizes it.
+func (r *perfRecord) summary(ctx context.Context) string {
+	<-r.p.Exited()
+	return perfSummary(ctx, r.file)
+}
+
+// perfSummary is a recorded process's time by binary, then the call-graph symbols (with
 // their callees) that hold at least 2% of the samples.
 func perfSummary(ctx context.Context, file string) string {
 	var b strings.Builder
