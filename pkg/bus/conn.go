@@ -33,7 +33,7 @@ func Connect(o ConnOptions, log *slog.Logger) (*nats.Conn, error) {
 		nats.ReconnectJitter(100*time.Millisecond, time.Second),
 		nats.ReconnectBufSize(-1),
 		nats.RetryOnFailedConnect(false),
-		nats.SetCustomDialer(&rawReadDialer{d: net.Dialer{Timeout: natsDialTimeout}}),
+		nats.SetCustomDialer(&rawReadDialer{d: net.Dialer{Timeout: nats.DefaultTimeout}}), // the timeout nats.go dials with by default
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			log.Warn("nats disconnected", "err", err)
 		}),

@@ -5,7 +5,6 @@ import (
 	"net"
 	"os"
 	"syscall"
-	"time"
 	"unsafe"
 )
 
@@ -80,6 +79,3 @@ func (c *rawReadConn) Read(p []byte) (int, error) {
 func (c *rawReadConn) opError(err error) error {
 	return &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
-
-// natsDialTimeout is nats.go's default connect timeout, which its own dialer uses.
-const natsDialTimeout = 2 * time.Second
